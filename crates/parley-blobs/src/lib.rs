@@ -1,0 +1,141 @@
+//! Blob storage for conversation assets: every object path comes from `BlobKey`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use parley_domain::ConversationId;
+
+/// Blob store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob not found: {0}")]
+    NotFound(String),
+    #[error("blob store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("blob store setup: {0}")]
+    Setup(String),
+}
+
+/// The one place object paths are made, so purging a conversation is deleting one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobKey {
+    /// `conversations/{id}/assets/{asset}`.
+    Asset {
+        conversation: ConversationId,
+        asset: String,
+    },
+}
+
+impl BlobKey {
+    /// The object path.
+    pub fn path(&self) -> String {
+        match self {
+            Self::Asset { conversation, asset } => format!("conversations/{conversation}/assets/{asset}"),
+        }
+    }
+
+    /// The prefix holding every blob of a conversation.
+    pub fn conversation_prefix(conversation: &ConversationId) -> String {
+        format!("conversations/{conversation}/")
+    }
+}
+
+/// A handle on the blob store.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Blobs {
+    /// Blobs in a local folder, created if missing; empty folders are removed after deletes.
+    pub fn local(root: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| BlobError::Setup(format!("creating {}: {e}", root.display())))?;
+        let fs = LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true);
+        Ok(Self { store: Arc::new(fs) })
+    }
+
+    /// Wraps any object store.
+    pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    /// Writes a blob whole.
+    pub async fn put(&self, key: &BlobKey, bytes: Bytes) -> Result<(), BlobError> {
+        self.store
+            .put(&ObjectPath::from(key.path()), bytes.into())
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a blob whole.
+    pub async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
+        match self.store.get(&ObjectPath::from(key)).await {
+            Ok(r) => Ok(r.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => Err(BlobError::NotFound(key.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes every blob of a conversation; returns how many were deleted. Safe to repeat.
+    pub async fn delete_conversation(&self, conversation: &ConversationId) -> Result<usize, BlobError> {
+        let prefix = ObjectPath::from(BlobKey::conversation_prefix(conversation));
+        let paths: Vec<ObjectPath> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        let mut deleted = 0;
+        for path in paths {
+            match self.store.delete(&path).await {
+                Ok(()) => deleted += 1,
+                // Another purge got there first.
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Keys of every blob of a conversation.
+    pub async fn list_conversation(&self, conversation: &ConversationId) -> Result<Vec<String>, BlobError> {
+        let prefix = ObjectPath::from(BlobKey::conversation_prefix(conversation));
+        Ok(self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deleting_a_conversation_removes_only_its_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path()).unwrap();
+        let a = ConversationId::parse("c111111").unwrap();
+        let b = ConversationId::parse("c222222").unwrap();
+        for c in [&a, &b] {
+            let key = BlobKey::Asset {
+                conversation: c.clone(),
+                asset: "recording.wav".into(),
+            };
+            blobs.put(&key, Bytes::from_static(b"RIFF")).await.unwrap();
+        }
+        assert_eq!(blobs.delete_conversation(&a).await.unwrap(), 1);
+        assert_eq!(blobs.delete_conversation(&a).await.unwrap(), 0);
+        assert!(blobs.list_conversation(&a).await.unwrap().is_empty());
+        assert_eq!(blobs.list_conversation(&b).await.unwrap().len(), 1);
+        assert!(!dir.path().join("conversations/c111111").exists());
+    }
+}

@@ -1,0 +1,407 @@
+//! The create-conversation request: parsing with field-named errors, defaults and validation.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::registry::{self, Persona, Replica};
+
+/// A request that cannot be accepted; the message is the wire `error` text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+impl ValidationError {
+    fn field(name: &str, why: impl std::fmt::Display) -> Self {
+        Self(format!("Invalid {name}: {why}"))
+    }
+}
+
+/// The create body as documented; unknown fields are ignored, absent or `null` ones are `None`.
+///
+/// Re-serialised (without the `None`s) it is what the store keeps of the request.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct CreateConversation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pal_id: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub audio_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversational_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_greeting: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_stores: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_ids: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_retrieval_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_tags: Option<Vec<String>>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub test_mode: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub require_auth: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_participants: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_dynamic_greeting: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meeting_url: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub chat: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<Properties>,
+}
+
+/// The `properties` object of a create request.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct Properties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_call_duration: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant_left_timeout: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant_absent_timeout: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_recording: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_closed_captions: Option<bool>,
+    /// Legacy name of `enable_closed_captions`, still sent by older clients.
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_transcription: Option<bool>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub apply_greenscreen: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub languages: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_s3_bucket_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_s3_bucket_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_assume_role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_storage: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Its schema is not public, so any JSON value is kept as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_room: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub livekit_ws_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub livekit_room_token: Option<String>,
+}
+
+/// Booleans that also arrive as strings: the official OpenAPI example sends `audio_only: 'false'`.
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Str(String),
+    }
+    match Option::<Raw>::deserialize(d) {
+        Ok(None) => Ok(None),
+        Ok(Some(Raw::Bool(b))) => Ok(Some(b)),
+        Ok(Some(Raw::Str(s))) => parse_bool(&s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a boolean, got {s:?}"))),
+        Err(_) => Err(serde::de::Error::custom("expected a boolean")),
+    }
+}
+
+/// Parses `true`/`false`/`1`/`0` in any case.
+pub fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Server-side limits that shape a new conversation.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The highest `max_call_duration` honoured; larger values are capped to it.
+    pub max_call_duration_cap: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_call_duration_cap: 3600,
+        }
+    }
+}
+
+/// A validated create request, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub replica: &'static Replica,
+    pub persona: &'static Persona,
+    pub request: CreateConversation,
+    pub test_mode: bool,
+    pub require_auth: bool,
+    pub enable_recording: bool,
+    pub max_call_duration: u32,
+    pub participant_left_timeout: u32,
+    pub participant_absent_timeout: u32,
+}
+
+impl NewConversation {
+    /// Parses a JSON body; a wrong type is a 400 naming the field, e.g. `Invalid properties.max_call_duration`.
+    pub fn from_json(body: &[u8], limits: Limits) -> Result<Self, ValidationError> {
+        let body = if body.iter().all(u8::is_ascii_whitespace) {
+            // Every field is optional, so an empty body is an empty object.
+            b"{}".as_slice()
+        } else {
+            body
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| ValidationError(format!("Invalid JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ValidationError("Invalid JSON body: expected an object".into()));
+        }
+        let request: CreateConversation = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde's message carries a position that means nothing for an already-parsed value.
+            let inner = inner.split(" at line ").next().unwrap_or_default().to_owned();
+            ValidationError::field(&path, inner)
+        })?;
+        Self::validate(request, limits)
+    }
+
+    /// Applies the rules the types cannot express.
+    pub fn validate(request: CreateConversation, limits: Limits) -> Result<Self, ValidationError> {
+        let persona_id = pick_alias(&request.persona_id, &request.pal_id, "persona_id", "pal_id")?;
+        let persona = match persona_id {
+            Some(id) => registry::persona(id).ok_or_else(|| ValidationError("Invalid persona_id".into()))?,
+            None => registry::persona(registry::DEFAULT_PERSONA_ID)
+                .expect("the default persona is in the built-in registry"),
+        };
+        let replica_id = pick_alias(&request.replica_id, &request.face_id, "replica_id", "face_id")?;
+        let replica = registry::replica(replica_id.unwrap_or(persona.default_replica_id))
+            .ok_or_else(|| ValidationError("Invalid replica_id".into()))?;
+
+        for (name, value) in [
+            ("callback_url", &request.callback_url),
+            ("meeting_url", &request.meeting_url),
+        ] {
+            if let Some(raw) = value {
+                check_http_url(name, raw)?;
+            }
+        }
+        if let Some(strategy) = &request.document_retrieval_strategy
+            && !matches!(strategy.as_str(), "speed" | "quality" | "balanced")
+        {
+            return Err(ValidationError::field(
+                "document_retrieval_strategy",
+                "expected one of speed, quality, balanced",
+            ));
+        }
+        if let Some(n) = request.max_participants
+            && n < 2
+        {
+            return Err(ValidationError::field("max_participants", "must be at least 2"));
+        }
+        let props = request.properties.clone().unwrap_or_default();
+        if props.max_call_duration == Some(0) {
+            return Err(ValidationError::field(
+                "properties.max_call_duration",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            replica,
+            persona,
+            test_mode: request.test_mode.unwrap_or(false),
+            require_auth: request.require_auth.unwrap_or(false),
+            enable_recording: props.enable_recording.unwrap_or(false),
+            max_call_duration: props
+                .max_call_duration
+                .unwrap_or(3600)
+                .min(limits.max_call_duration_cap),
+            participant_left_timeout: props.participant_left_timeout.unwrap_or(0),
+            participant_absent_timeout: props.participant_absent_timeout.unwrap_or(300),
+            request,
+        })
+    }
+
+    /// The stored form of the request: the known fields, as sent.
+    pub fn request_json(&self) -> String {
+        serde_json::to_string(&self.request).expect("a struct of strings, numbers and maps serialises")
+    }
+}
+
+fn pick_alias<'a>(
+    legacy: &'a Option<String>,
+    alias: &'a Option<String>,
+    legacy_name: &str,
+    alias_name: &str,
+) -> Result<Option<&'a str>, ValidationError> {
+    match (legacy.as_deref(), alias.as_deref()) {
+        (Some(a), Some(b)) if a != b => Err(ValidationError(format!(
+            "Invalid {legacy_name}: {legacy_name} and {alias_name} name different ids"
+        ))),
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
+}
+
+fn check_http_url(name: &str, raw: &str) -> Result<(), ValidationError> {
+    let url = url::Url::parse(raw).map_err(|e| ValidationError::field(name, e))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ValidationError::field(name, "expected an http or https URL"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<NewConversation, ValidationError> {
+        NewConversation::from_json(body.as_bytes(), Limits::default())
+    }
+
+    #[test]
+    fn an_empty_body_uses_the_default_persona_and_its_replica() {
+        let c = parse("").unwrap();
+        assert_eq!(c.persona.id, registry::DEFAULT_PERSONA_ID);
+        assert_eq!(c.replica.id, c.persona.default_replica_id);
+        assert_eq!(c.max_call_duration, 3600);
+        assert_eq!(c.participant_absent_timeout, 300);
+        assert_eq!(c.participant_left_timeout, 0);
+    }
+
+    #[test]
+    fn pal_and_face_are_aliases() {
+        let c = parse(r#"{"pal_id":"pdac61133ac5","face_id":"rf4e9d9790f0"}"#).unwrap();
+        assert_eq!(c.persona.id, "pdac61133ac5");
+        assert_eq!(c.replica.id, "rf4e9d9790f0");
+    }
+
+    #[test]
+    fn conflicting_aliases_are_rejected() {
+        let e = parse(r#"{"persona_id":"pdac61133ac5","pal_id":"pdced222244b"}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid persona_id"), "{e}");
+    }
+
+    #[test]
+    fn unknown_ids_name_the_field() {
+        assert_eq!(
+            parse(r#"{"replica_id":"r000000"}"#).unwrap_err().0,
+            "Invalid replica_id"
+        );
+        assert_eq!(
+            parse(r#"{"persona_id":"p000000"}"#).unwrap_err().0,
+            "Invalid persona_id"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = parse(r#"{"properties":{"max_call_duration":"long"}}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.max_call_duration:"), "{e}");
+        let e = parse(r#"{"conversation_name":5}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid conversation_name:"), "{e}");
+        let e = parse(r#"{"memory_stores":[1]}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid memory_stores"), "{e}");
+    }
+
+    #[test]
+    fn string_booleans_are_accepted() {
+        let c = parse(r#"{"audio_only":"false","test_mode":"TRUE"}"#).unwrap();
+        assert_eq!(c.request.audio_only, Some(false));
+        assert!(c.test_mode);
+        assert!(
+            parse(r#"{"test_mode":"maybe"}"#)
+                .unwrap_err()
+                .0
+                .starts_with("Invalid test_mode")
+        );
+    }
+
+    #[test]
+    fn malformed_json_and_non_objects_are_rejected() {
+        assert!(parse("{").unwrap_err().0.starts_with("Invalid JSON body"));
+        assert!(parse("[]").unwrap_err().0.starts_with("Invalid JSON body"));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_not_stored() {
+        let c = parse(r#"{"surprise":1,"conversation_name":"x"}"#).unwrap();
+        assert_eq!(c.request_json(), r#"{"conversation_name":"x"}"#);
+    }
+
+    #[test]
+    fn long_calls_are_capped() {
+        let c = parse(r#"{"properties":{"max_call_duration":99999}}"#).unwrap();
+        assert_eq!(c.max_call_duration, 3600);
+    }
+
+    #[test]
+    fn callback_urls_must_be_http() {
+        assert!(
+            parse(r#"{"callback_url":"ftp://x"}"#)
+                .unwrap_err()
+                .0
+                .starts_with("Invalid callback_url")
+        );
+        assert!(
+            parse(r#"{"callback_url":"not a url"}"#)
+                .unwrap_err()
+                .0
+                .starts_with("Invalid callback_url")
+        );
+        assert!(parse(r#"{"callback_url":"http://127.0.0.1:9/hook"}"#).is_ok());
+    }
+}

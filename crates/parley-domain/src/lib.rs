@@ -1,0 +1,17 @@
+//! parley's domain: conversations, ids, validation and the simulated replica, with no IO.
+//!
+//! Time and randomness are passed in, so everything here is testable with plain `#[test]`s.
+
+pub mod conversation;
+pub mod create;
+pub mod event;
+pub mod id;
+pub mod registry;
+pub mod replica;
+pub mod time;
+
+pub use conversation::{Conversation, ShutdownReason, Status};
+pub use create::{CreateConversation, Limits, NewConversation, ValidationError};
+pub use event::{Event, EventType};
+pub use id::{ConversationId, InvalidId};
+pub use time::Timestamp;

@@ -1,0 +1,212 @@
+//! The simulated replica: what a call produces when it ends (transcript, perception, recording).
+
+use std::io::Cursor;
+
+use serde_json::{Value, json};
+
+use crate::event::{Event, EventType};
+use crate::registry::{self, Persona};
+use crate::{Conversation, Timestamp};
+
+/// Audio settings of simulated recordings: small files that any player opens.
+const SAMPLE_RATE: u32 = 8_000;
+
+/// Where a stored recording can be fetched, for the `recording_ready` event.
+#[derive(Debug, Clone)]
+pub struct RecordingLocation {
+    pub bucket_name: String,
+    pub key: String,
+    pub uri: String,
+    pub duration_secs: u32,
+}
+
+/// The persona a stored conversation was created with.
+pub fn persona_of(conversation: &Conversation) -> &'static Persona {
+    registry::persona(&conversation.persona_id)
+        .or_else(|| registry::persona(registry::DEFAULT_PERSONA_ID))
+        .expect("the default persona is in the built-in registry")
+}
+
+/// The greeting the replica speaks first.
+pub fn greeting(conversation: &Conversation) -> String {
+    conversation
+        .custom_greeting
+        .clone()
+        .unwrap_or_else(|| persona_of(conversation).greeting.to_owned())
+}
+
+/// The transcript: the full system prompt first, then the greeting and a few turns.
+pub fn transcript(conversation: &Conversation) -> Value {
+    let persona = persona_of(conversation);
+    let mut system = persona.system_prompt.to_owned();
+    if let Some(context) = &conversation.conversational_context {
+        system.push_str("\n\n");
+        system.push_str(context);
+    }
+    let topic = conversation
+        .conversation_name
+        .as_deref()
+        .unwrap_or("this conversation");
+    json!([
+        { "role": "system", "content": system },
+        { "role": "assistant", "content": greeting(conversation) },
+        { "role": "user", "content": format!("Hi! I'd like to talk about {topic}.") },
+        { "role": "assistant", "content": format!("Of course. Tell me what matters most to you about {topic}.") },
+        { "role": "user", "content": "That covers it for now, thank you." },
+        { "role": "assistant", "content": "Thanks for your time. Goodbye!" },
+    ])
+}
+
+/// A perception summary, for personas with perception on.
+pub fn perception_analysis(conversation: &Conversation) -> Option<String> {
+    let model = persona_of(conversation).perception_model?;
+    let secs = conversation.duration_secs();
+    Some(format!(
+        "## Perception analysis ({model})\n\n\
+         - Call length: {secs} seconds.\n\
+         - The participant stayed in frame, facing the camera, in a well-lit indoor space.\n\
+         - Expression: attentive and calm; nodded while listening.\n\
+         - No other people or screens were visible.\n"
+    ))
+}
+
+/// A mono 16-bit WAV of `duration_secs` (at least one second): a soft tone pulsing like speech.
+pub fn recording_wav(duration_secs: u32) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let samples = SAMPLE_RATE * duration_secs.max(1);
+    let mut out = Cursor::new(Vec::with_capacity(44 + 2 * samples as usize));
+    {
+        let mut writer =
+            hound::WavWriter::new(&mut out, spec).expect("writing a WAV header to memory cannot fail");
+        for n in 0..samples {
+            let t = n as f32 / SAMPLE_RATE as f32;
+            // A 220 Hz tone gated at ~3 Hz sounds like syllables without being unpleasant.
+            let gate = if (t * 3.0).fract() < 0.6 { 1.0 } else { 0.0 };
+            let s = (t * 220.0 * std::f32::consts::TAU).sin() * 3_000.0 * gate;
+            writer
+                .write_sample(s as i16)
+                .expect("writing to memory cannot fail");
+        }
+        writer.finalize().expect("writing to memory cannot fail");
+    }
+    out.into_inner()
+}
+
+/// The events that follow the end of a call, oldest first (the shutdown itself is not among them).
+pub fn after_end_events(
+    conversation: &Conversation,
+    at: Timestamp,
+    recording: Option<&RecordingLocation>,
+) -> Vec<Event> {
+    let replica_id = conversation.replica_id.as_str();
+    let mut events = vec![Event {
+        event_type: EventType::TranscriptionReady,
+        timestamp: at,
+        properties: json!({ "replica_id": replica_id, "transcript": transcript(conversation) }),
+    }];
+    if let Some(analysis) = perception_analysis(conversation) {
+        events.push(Event {
+            event_type: EventType::PerceptionAnalysis,
+            timestamp: at,
+            properties: json!({ "replica_id": replica_id, "analysis": analysis }),
+        });
+    }
+    if let Some(rec) = recording {
+        events.push(Event {
+            event_type: EventType::RecordingReady,
+            timestamp: at,
+            properties: json!({
+                "replica_id": replica_id,
+                "bucket_name": rec.bucket_name,
+                "s3_key": rec.key,
+                "duration": rec.duration_secs,
+                "storage_provider": "parley",
+                "storage_uri": rec.uri,
+            }),
+        });
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConversationId, Status};
+
+    fn conversation(persona_id: &str) -> Conversation {
+        Conversation {
+            id: ConversationId::parse("c123456").unwrap(),
+            account: "default".into(),
+            status: Status::Ended,
+            conversation_name: Some("pricing".into()),
+            callback_url: None,
+            replica_id: "rfe12d8b9597".into(),
+            persona_id: persona_id.into(),
+            conversational_context: Some("MARKER-42".into()),
+            custom_greeting: None,
+            test_mode: false,
+            enable_recording: true,
+            meeting_token: None,
+            request_json: "{}".into(),
+            created_at: Timestamp::from_micros(0),
+            updated_at: Timestamp::from_micros(0),
+            joined_at: Some(Timestamp::from_micros(1_000_000)),
+            ended_at: Some(Timestamp::from_micros(13_000_000)),
+            shutdown_reason: None,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn the_transcript_opens_with_the_full_system_prompt() {
+        let t = transcript(&conversation("pdced222244b"));
+        assert_eq!(t[0]["role"], "system");
+        assert!(t[0]["content"].as_str().unwrap().ends_with("MARKER-42"));
+        assert_eq!(t[1]["role"], "assistant");
+    }
+
+    #[test]
+    fn perception_only_where_the_persona_has_it() {
+        assert!(perception_analysis(&conversation("pdced222244b")).is_none());
+        let a = perception_analysis(&conversation("pdac61133ac5")).unwrap();
+        assert!(a.contains("12 seconds"));
+    }
+
+    #[test]
+    fn recordings_are_valid_wavs_of_the_call_length() {
+        let wav = recording_wav(3);
+        let reader = hound::WavReader::new(Cursor::new(wav)).unwrap();
+        assert_eq!(reader.duration(), 3 * SAMPLE_RATE);
+    }
+
+    #[test]
+    fn events_after_end_follow_the_documented_order() {
+        let loc = RecordingLocation {
+            bucket_name: "parley".into(),
+            key: "k".into(),
+            uri: "http://x/rec".into(),
+            duration_secs: 12,
+        };
+        let kinds: Vec<_> = after_end_events(
+            &conversation("pdac61133ac5"),
+            Timestamp::from_micros(0),
+            Some(&loc),
+        )
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventType::TranscriptionReady,
+                EventType::PerceptionAnalysis,
+                EventType::RecordingReady
+            ]
+        );
+    }
+}

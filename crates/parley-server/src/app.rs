@@ -1,0 +1,123 @@
+//! Starting and stopping a server: open the store, bootstrap the first key, serve, run jobs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use parley_blobs::Blobs;
+use parley_domain::{Limits, Timestamp};
+use parley_store::ConversationStore;
+use parley_store_sqlite::SqliteStore;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ServeConfig, StoreConfig};
+use crate::state::{AppState, Settings};
+use crate::{http, jobs, keys};
+
+/// The account made on first start.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// A running server.
+pub struct Server {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// The key made on first start for the `default` account, if this start made one.
+    pub initial_key: Option<String>,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    jobs: Option<JoinHandle<()>>,
+}
+
+/// Opens the store of a data directory, creating the directory if needed.
+pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn ConversationStore>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let path = config.database_path();
+    let store = SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("opening database {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Creates a key for `account` (creating the account if missing); returns `(key_id, key)`.
+pub async fn create_key(store: &dyn ConversationStore, account: &str) -> anyhow::Result<(String, String)> {
+    let now = Timestamp::now();
+    store.ensure_account(account, now).await?;
+    let (key_id, key) = keys::generate();
+    store.insert_key(&key_id, account, &keys::hash(&key), now).await?;
+    Ok((key_id, key))
+}
+
+/// Opens everything, binds the listener and starts serving and running jobs.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    let store = open_store(&config.store).await?;
+    let initial_key = if store.has_accounts().await? {
+        None
+    } else {
+        Some(create_key(store.as_ref(), DEFAULT_ACCOUNT).await?.1)
+    };
+    let blobs = Blobs::local(&config.store.blob_dir()).context("opening blob folder")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let settings = Settings {
+        public_url,
+        max_concurrent: config.max_concurrent_conversations,
+        retention: config.soft_delete_retention,
+        limits: Limits {
+            max_call_duration_cap: config.max_call_duration_cap,
+        },
+        replica_join_delay: config.replica_join_delay,
+        max_recording_secs: config.max_recording_secs,
+        max_body_bytes: config.max_body_bytes,
+        run_jobs: config.run_jobs,
+        job_poll_interval: config.job_poll_interval,
+    };
+    let state = AppState::new(store, blobs, settings);
+    let (stop, stopped) = watch::channel(false);
+    let jobs = config
+        .run_jobs
+        .then(|| tokio::spawn(jobs::run(state.clone(), stopped.clone())));
+    let app = http::router(state.clone());
+    let mut stopped_http = stopped;
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped_http.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    Ok(Server {
+        addr,
+        initial_key,
+        state,
+        stop,
+        http,
+        jobs,
+    })
+}
+
+impl Server {
+    /// Stops accepting requests, lets in-flight requests and jobs finish, then closes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.http
+            .await
+            .context("joining the HTTP task")?
+            .context("serving HTTP")?;
+        if let Some(jobs) = self.jobs {
+            jobs.await.context("joining the job runner")?;
+        }
+        self.state.store.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! The operator commands of `parley`: keys, accounts, restores, receipts and jobs.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use parley_domain::{ConversationId, Timestamp};
+
+use crate::app::{create_key, open_store};
+use crate::config::{AccountsCommand, ConversationsCommand, KeysCommand, StoreConfig};
+
+/// `parley keys …`
+pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create { store, account } => {
+            let account = account.trim();
+            if account.is_empty() {
+                bail!("--account must not be empty");
+            }
+            let db = open_store(&store).await?;
+            let (key_id, key) = create_key(db.as_ref(), account).await?;
+            db.close().await;
+            // The key alone on stdout, so `KEY=$(parley keys create …)` works; the rest on stderr.
+            println!("{key}");
+            eprintln!("created key {key_id} for account {account:?}; it is not shown again");
+        }
+        KeysCommand::List { store } => {
+            let db = open_store(&store).await?;
+            let keys = db.list_keys().await?;
+            db.close().await;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<14} {:<20} {:<28} REVOKED",
+                "KEY_ID", "ACCOUNT", "CREATED"
+            )?;
+            for k in keys {
+                let revoked = k.revoked_at.map_or_else(|| "-".to_owned(), |t| t.to_string());
+                writeln!(
+                    out,
+                    "{:<14} {:<20} {:<28} {revoked}",
+                    k.key_id,
+                    k.account,
+                    k.created_at.to_string()
+                )?;
+            }
+        }
+        KeysCommand::Revoke { store, key_id } => {
+            let db = open_store(&store).await?;
+            let revoked = db.revoke_key(&key_id, Timestamp::now()).await?;
+            db.close().await;
+            if !revoked {
+                bail!("no active key with id {key_id:?}");
+            }
+            eprintln!("revoked key {key_id}");
+        }
+    }
+    Ok(())
+}
+
+/// `parley accounts …`
+pub async fn accounts(command: AccountsCommand) -> anyhow::Result<()> {
+    match command {
+        AccountsCommand::List { store } => {
+            let db = open_store(&store).await?;
+            let accounts = db.list_accounts().await?;
+            db.close().await;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<20} {:<16} RETENTION_DAYS", "ACCOUNT", "MAX_CONCURRENT")?;
+            let show = |v: Option<u32>| v.map_or_else(|| "default".to_owned(), |n| n.to_string());
+            for a in accounts {
+                writeln!(
+                    out,
+                    "{:<20} {:<16} {}",
+                    a.name,
+                    show(a.max_concurrent),
+                    show(a.retention_days)
+                )?;
+            }
+        }
+        AccountsCommand::Set {
+            store,
+            name,
+            max_concurrent,
+            retention_days,
+        } => {
+            let db = open_store(&store).await?;
+            let found = db
+                .set_account_limits(&name, max_concurrent, retention_days)
+                .await?;
+            db.close().await;
+            if !found {
+                bail!("no account named {name:?}");
+            }
+            eprintln!("updated account {name:?}");
+        }
+    }
+    Ok(())
+}
+
+/// `parley conversations …`
+pub async fn conversations(command: ConversationsCommand) -> anyhow::Result<()> {
+    match command {
+        ConversationsCommand::Restore {
+            store,
+            conversation_id,
+        } => {
+            let id = ConversationId::parse(&conversation_id).context("not a conversation id")?;
+            let db = open_store(&store).await?;
+            let restored = db.restore(&id, Timestamp::now()).await?;
+            db.close().await;
+            if !restored {
+                bail!("{id} is not a soft-deleted conversation (hard-deleted ones cannot come back)");
+            }
+            eprintln!("restored {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `parley receipts`
+pub async fn receipts(store: StoreConfig, account: Option<String>) -> anyhow::Result<()> {
+    let db = open_store(&store).await?;
+    let receipts = db.list_receipts(account.as_deref()).await?;
+    db.close().await;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<34} {:<16} {:<28} {:<18} {:>6} {:>6} {:>12}",
+        "CONVERSATION_ID", "ACCOUNT", "ERASED_AT", "REASON", "EVENTS", "ASSETS", "ASSET_BYTES"
+    )?;
+    for r in receipts {
+        writeln!(
+            out,
+            "{:<34} {:<16} {:<28} {:<18} {:>6} {:>6} {:>12}",
+            r.conversation_id.as_str(),
+            r.account,
+            r.erased_at.to_string(),
+            r.reason,
+            r.events,
+            r.assets,
+            r.asset_bytes
+        )?;
+    }
+    Ok(())
+}
+
+/// `parley jobs`
+pub async fn jobs(store: StoreConfig) -> anyhow::Result<()> {
+    let db = open_store(&store).await?;
+    let jobs = db.list_jobs().await?;
+    db.close().await;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<8} {:<16} {:<34} {:<28} {:>8} LAST_ERROR",
+        "JOB_ID", "KIND", "CONVERSATION_ID", "RUN_AT", "ATTEMPTS"
+    )?;
+    for j in jobs {
+        writeln!(
+            out,
+            "{:<8} {:<16} {:<34} {:<28} {:>8} {}",
+            j.id,
+            j.kind,
+            j.conversation_id,
+            j.run_at.to_string(),
+            j.attempts,
+            j.last_error.unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Command-line and environment configuration: every flag is also a `PARLEY_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// parley: a self-hosted server for the Tavus v2 Conversations API.
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `parley` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API server.
+    Serve(ServeConfig),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage accounts and their limits.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Operator actions on conversations.
+    #[command(subcommand)]
+    Conversations(ConversationsCommand),
+    /// List erasure receipts of hard-deleted conversations.
+    Receipts {
+        #[command(flatten)]
+        store: StoreConfig,
+        /// Only this account's receipts.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// List pending background jobs (purges, finalisation, joins, retention).
+    Jobs {
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+}
+
+/// `parley keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for an account (created if missing); prints the key alone on stdout.
+    Create {
+        #[command(flatten)]
+        store: StoreConfig,
+        #[arg(long)]
+        account: String,
+    },
+    /// List keys: ids, accounts, times. Never the secret.
+    List {
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+    /// Revoke a key by id; requests with it get 401 at once.
+    Revoke {
+        #[command(flatten)]
+        store: StoreConfig,
+        key_id: String,
+    },
+}
+
+/// `parley accounts …`
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// List accounts and their limits.
+    List {
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+    /// Set an account's limits; an omitted one returns to the server default.
+    Set {
+        #[command(flatten)]
+        store: StoreConfig,
+        name: String,
+        /// Cap on active conversations.
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+        /// Days a soft-deleted conversation stays recoverable.
+        #[arg(long)]
+        retention_days: Option<u32>,
+    },
+}
+
+/// `parley conversations …`
+#[derive(Debug, Subcommand)]
+pub enum ConversationsCommand {
+    /// Bring back a soft-deleted conversation before its retention window ends.
+    Restore {
+        #[command(flatten)]
+        store: StoreConfig,
+        conversation_id: String,
+    },
+}
+
+/// Where parley keeps its state.
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// Directory holding the SQLite database (`parley.db`) and the blob folder (`blobs/`).
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./parley-data")]
+    pub data_dir: PathBuf,
+}
+
+impl StoreConfig {
+    /// The database file inside the data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("parley.db")
+    }
+
+    /// The blob folder inside the data directory.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.data_dir.join("blobs")
+    }
+}
+
+/// `parley serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Address to listen on.
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Base of `conversation_url` links; defaults to `http://<listen address>`.
+    #[arg(long, env = "PARLEY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Default cap on an account's active conversations.
+    #[arg(long, env = "PARLEY_MAX_CONCURRENT_CONVERSATIONS", default_value_t = 10)]
+    pub max_concurrent_conversations: u32,
+
+    /// Default time a soft-deleted conversation stays recoverable before it is purged.
+    #[arg(long, env = "PARLEY_SOFT_DELETE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub soft_delete_retention: Duration,
+
+    /// Highest `max_call_duration` honoured, in seconds; larger requests are capped to it.
+    #[arg(long, env = "PARLEY_MAX_CALL_DURATION_CAP", default_value_t = 3600)]
+    pub max_call_duration_cap: u32,
+
+    /// How long after create the simulated replica joins.
+    #[arg(long, env = "PARLEY_REPLICA_JOIN_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub replica_join_delay: Duration,
+
+    /// Longest simulated recording, in seconds (a call's recording is as long as the call, up to this).
+    #[arg(long, env = "PARLEY_MAX_RECORDING_SECS", default_value_t = 300)]
+    pub max_recording_secs: u32,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "PARLEY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Run background jobs (purges, call finalisation, joins, retention) in this process.
+    #[arg(long, env = "PARLEY_RUN_JOBS", default_value_t = true, action = ArgAction::Set)]
+    pub run_jobs: bool,
+
+    /// How often the job runner looks for due work when nothing wakes it.
+    #[arg(long, env = "PARLEY_JOB_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub job_poll_interval: Duration,
+
+    /// Log filter, in `tracing` env-filter syntax.
+    #[arg(long, env = "PARLEY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeConfig {
+    /// Defaults for tests: port 0, the given data dir, an immediate replica join, fast polling.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Self {
+            store: StoreConfig { data_dir },
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: None,
+            max_concurrent_conversations: 10,
+            soft_delete_retention: Duration::from_secs(30 * 24 * 3600),
+            max_call_duration_cap: 3600,
+            replica_join_delay: Duration::ZERO,
+            max_recording_secs: 300,
+            max_body_bytes: 1 << 20,
+            run_jobs: true,
+            job_poll_interval: Duration::from_millis(50),
+            log: "warn".into(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP surface: routes, authentication, request logging and wire-shaped errors.
+
+pub mod auth;
+pub mod conversation;
+pub mod error;
+pub mod log;
+pub mod query;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+
+use crate::state::AppState;
+use error::ApiError;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.settings.max_body_bytes;
+    Router::new()
+        .route(
+            "/v2/conversations",
+            post(conversation::create_conversation).get(conversation::list_conversations),
+        )
+        .route(
+            "/v2/conversations/{conversation_id}",
+            get(conversation::get_conversation).delete(conversation::delete_conversation),
+        )
+        .route(
+            "/v2/conversations/{conversation_id}/end",
+            post(conversation::end_conversation),
+        )
+        .route(
+            "/v2/conversations/{conversation_id}/recording",
+            get(conversation::get_recording),
+        )
+        // Anything deeper (`c123/../x`, `persona-builder/headless`) is not a conversation id.
+        .route(
+            "/v2/conversations/{conversation_id}/{*rest}",
+            axum::routing::any(invalid_id),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(from_fn(log::log_request))
+        .with_state(state)
+}
+
+async fn invalid_id() -> ApiError {
+    ApiError::InvalidConversationId
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("No such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {}", uri.path()))
+}

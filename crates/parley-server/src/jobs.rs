@@ -1,0 +1,210 @@
+//! The durable job runner: joins, call finalisation, purges and retention, retried until done.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures::future::join_all;
+use parley_blobs::BlobKey;
+use parley_domain::replica::{self, RecordingLocation};
+use parley_domain::{ConversationId, Event, Timestamp};
+use parley_store::{Asset, DeleteScope, HardDeleteOutcome, Job, JobId, JobKind};
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// How long a claimed job is ours before another runner may take it over.
+const LEASE_SECS: i64 = 120;
+/// Jobs claimed per round.
+const BATCH: u32 = 16;
+/// The recording's asset name.
+pub const RECORDING: &str = "recording.wav";
+
+/// Runs due jobs until `shutdown` turns true; a job in progress finishes first.
+pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        let now = Timestamp::now();
+        match state
+            .store
+            .claim_due_jobs(now, now.plus_secs(LEASE_SECS), BATCH)
+            .await
+        {
+            Ok(jobs) if !jobs.is_empty() => {
+                join_all(jobs.into_iter().map(|job| run_claimed(&state, job))).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+        }
+        tokio::select! {
+            () = state.wake_jobs.notified() => {}
+            () = tokio::time::sleep(state.settings.job_poll_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Runs one job now, in the caller's task, if this process runs jobs and nobody else holds it.
+///
+/// Failure is logged, not returned: the job row stays and the runner retries it.
+pub async fn run_now(state: &AppState, id: JobId) {
+    if !state.settings.run_jobs {
+        return;
+    }
+    let now = Timestamp::now();
+    match state.store.claim_job(id, now, now.plus_secs(LEASE_SECS)).await {
+        Ok(Some(job)) => run_claimed(state, job).await,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(job.id = id, error = %e, "claiming job failed; the runner will retry"),
+    }
+}
+
+async fn run_claimed(state: &AppState, job: Job) {
+    let started = std::time::Instant::now();
+    match execute(state, &job).await {
+        Ok(()) => {
+            if let Err(e) = state.store.complete_job(job.id).await {
+                tracing::warn!(job.id = job.id, error = %e, "completing job failed; it will run again");
+            }
+            tracing::debug!(
+                job.id = job.id,
+                job.kind = job.kind.as_str(),
+                conversation.id = %job.conversation_id,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "job done"
+            );
+        }
+        Err(e) => {
+            let retry_at = Timestamp::now().plus_millis(backoff(job.attempts).as_millis() as i64);
+            tracing::warn!(
+                job.id = job.id,
+                job.kind = job.kind.as_str(),
+                conversation.id = %job.conversation_id,
+                attempts = job.attempts,
+                error = format!("{e:#}"),
+                "job failed; will retry"
+            );
+            if let Err(e) = state.store.fail_job(job.id, &format!("{e:#}"), retry_at).await {
+                tracing::warn!(job.id = job.id, error = %e, "recording job failure failed; the lease will expire");
+            }
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to 5 minutes between attempts.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
+
+async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
+    let id = &job.conversation_id;
+    match job.kind {
+        JobKind::JoinReplica => {
+            if let Some(c) = state.store.load_conversation(id).await? {
+                let event = Event::replica_joined(Timestamp::now(), &c.replica_id);
+                state.store.record_join(id, &event).await?;
+            }
+            Ok(())
+        }
+        JobKind::Finalize => finalize(state, id).await,
+        JobKind::Purge => purge(state, id).await,
+        JobKind::RetentionPurge => {
+            let deleted_at = job
+                .not_before
+                .context("retention job without its soft-delete time")?;
+            let scope = DeleteScope::RetentionExpired { deleted_at };
+            if let HardDeleteOutcome::Deleted { purge_job, .. } =
+                state.store.hard_delete(scope, id, Timestamp::now()).await?
+            {
+                tracing::info!(conversation.id = %id, "retention window over; conversation erased");
+                // If this fails the purge job is still there for the runner.
+                purge(state, id).await?;
+                state.store.complete_job(purge_job).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Removes a hard-deleted conversation's blobs and the database's copies of its erased rows.
+async fn purge(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
+    let removed = state
+        .blobs
+        .delete_conversation(id)
+        .await
+        .context("deleting blobs")?;
+    if !state
+        .store
+        .erase_residue()
+        .await
+        .context("erasing database residue")?
+    {
+        bail!("database checkpoint was blocked by readers");
+    }
+    tracing::info!(conversation.id = %id, blob.count = removed, "conversation purged");
+    Ok(())
+}
+
+/// Produces an ended call's transcript, perception analysis and recording.
+async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
+    let Some(c) = state.store.load_conversation(id).await? else {
+        // Hard-deleted before we ran: make sure nothing we wrote on an earlier attempt survives.
+        state.blobs.delete_conversation(id).await?;
+        return Ok(());
+    };
+    let now = Timestamp::now();
+    let mut recording = None;
+    if c.enable_recording && !c.test_mode {
+        let secs = c
+            .duration_secs()
+            .clamp(1, u64::from(state.settings.max_recording_secs.max(1)));
+        let secs = u32::try_from(secs).unwrap_or(u32::MAX);
+        let wav = Bytes::from(replica::recording_wav(secs));
+        let key = BlobKey::Asset {
+            conversation: id.clone(),
+            asset: RECORDING.into(),
+        };
+        state
+            .blobs
+            .put(&key, wav.clone())
+            .await
+            .context("storing recording")?;
+        let location = RecordingLocation {
+            bucket_name: "parley".into(),
+            key: key.path(),
+            uri: format!("{}/v2/conversations/{id}/recording", state.settings.public_url),
+            duration_secs: secs,
+        };
+        let asset = Asset {
+            name: RECORDING.into(),
+            blob_key: key.path(),
+            content_type: "audio/wav".into(),
+            size: wav.len() as u64,
+            created_at: now,
+        };
+        recording = Some((location, asset));
+    }
+    let events = replica::after_end_events(&c, now, recording.as_ref().map(|(l, _)| l));
+    let stored = state
+        .store
+        .store_call_results(id, &events, recording.as_ref().map(|(_, a)| a))
+        .await?;
+    if !stored {
+        // The conversation was hard-deleted while we worked: take back what we wrote.
+        state.blobs.delete_conversation(id).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(50), Duration::from_secs(256));
+    }
+}

@@ -1,0 +1,15 @@
+//! parley: a self-hosted server for the Tavus v2 Conversations API.
+//!
+//! The binary is `parley` (see `main.rs`); this library lets tests start a server in-process.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod jobs;
+pub mod keys;
+pub mod service;
+pub mod state;
+
+pub use app::{Server, start};
+pub use config::ServeConfig;

@@ -1,0 +1,65 @@
+//! The `parley` command.
+
+use anyhow::Context;
+use clap::Parser;
+use parley_server::cli;
+use parley_server::config::{Cli, Command, ServeConfig};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => serve(config).await,
+        Command::Keys(c) => cli::keys(c).await,
+        Command::Accounts(c) => cli::accounts(c).await,
+        Command::Conversations(c) => cli::conversations(c).await,
+        Command::Receipts { store, account } => cli::receipts(store, account).await,
+        Command::Jobs { store } => cli::jobs(store).await,
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&config.log).context("parsing --log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = config.store.data_dir.clone();
+    let server = parley_server::start(config).await?;
+    if let Some(key) = &server.initial_key {
+        eprintln!(
+            "parley: created account \"default\" with API key {key} (shown once; send it as x-api-key; more: parley keys create --account NAME)"
+        );
+    }
+    eprintln!(
+        "parley: listening on http://{} (data in {})",
+        server.addr,
+        data_dir.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests and jobs");
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

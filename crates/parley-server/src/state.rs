@@ -1,0 +1,72 @@
+//! Shared server state: the store, the blobs and the settings every request and job reads.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parley_blobs::Blobs;
+use parley_domain::Limits;
+use parley_store::{Account, ConversationStore};
+use tokio::sync::Notify;
+
+/// Settings that shape behaviour, resolved once at startup.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base of `conversation_url` and recording links, without a trailing slash.
+    pub public_url: String,
+    pub max_concurrent: u32,
+    pub retention: Duration,
+    pub limits: Limits,
+    pub replica_join_delay: Duration,
+    pub max_recording_secs: u32,
+    pub max_body_bytes: usize,
+    pub run_jobs: bool,
+    pub job_poll_interval: Duration,
+}
+
+impl Settings {
+    /// The account's cap of active conversations.
+    pub fn max_concurrent_for(&self, account: &Account) -> u32 {
+        account.max_concurrent.unwrap_or(self.max_concurrent)
+    }
+
+    /// How long the account's soft-deleted conversations stay recoverable.
+    pub fn retention_for(&self, account: &Account) -> Duration {
+        account.retention_days.map_or(self.retention, |days| {
+            Duration::from_secs(u64::from(days) * 86_400)
+        })
+    }
+}
+
+/// What handlers and jobs share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The contents of [`AppState`].
+pub struct Inner {
+    pub store: Arc<dyn ConversationStore>,
+    pub blobs: Blobs,
+    pub settings: Settings,
+    /// Wakes the job runner when work is due now.
+    pub wake_jobs: Notify,
+}
+
+impl AppState {
+    /// Bundles the parts.
+    pub fn new(store: Arc<dyn ConversationStore>, blobs: Blobs, settings: Settings) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            blobs,
+            settings,
+            wake_jobs: Notify::new(),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

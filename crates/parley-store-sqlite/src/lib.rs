@@ -1,0 +1,902 @@
+//! `ConversationStore` on one SQLite file: WAL, `secure_delete`, one writer and a pool of readers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parley_domain::{Conversation, ConversationId, Event, Status, Timestamp};
+use parley_store::{
+    Account, Asset, ConversationStore, DeleteScope, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job,
+    JobId, JobInfo, JobKind, KeyInfo, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Every write takes the write lock up front, so a read-then-write never fails half way.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// The conversation columns, as a literal so queries are built at compile time.
+macro_rules! columns {
+    () => {
+        "conversation_id, account_id, status, conversation_name, callback_url, \
+         replica_id, persona_id, conversational_context, custom_greeting, test_mode, enable_recording, \
+         meeting_token, request_json, created_at, updated_at, joined_at, ended_at, shutdown_reason, deleted_at"
+    };
+}
+
+/// The embedded store.
+pub struct SqliteStore {
+    /// One connection: SQLite has one writer at a time, and queueing here is cheaper than busy-waiting.
+    writer: SqlitePool,
+    readers: SqlitePool,
+    checkpoint: Checkpointer,
+}
+
+/// Coalesces WAL checkpoints: one that starts after a request covers it.
+struct Checkpointer {
+    requested: AtomicU64,
+    completed: tokio::sync::Mutex<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database file at `path`.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Every acknowledged write is on disk: FULL syncs the WAL at each commit.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            // Deleted content is overwritten with zeros, so a hard delete leaves no bytes behind.
+            .pragma("secure_delete", "ON");
+        Self::open_with(options).await
+    }
+
+    /// Opens from a `sqlite://` URL.
+    pub async fn open_url(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url).map_err(backend)?;
+        let path = options.get_filename().to_owned();
+        Self::open(&path).await
+    }
+
+    async fn open_with(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(map_err)?;
+        let store = Self {
+            writer,
+            readers,
+            checkpoint: Checkpointer {
+                requested: AtomicU64::new(0),
+                completed: tokio::sync::Mutex::new(0),
+            },
+        };
+        // A crash after a purge but before its checkpoint leaves erased pages in the WAL.
+        store.erase_residue().await?;
+        Ok(store)
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(Box::new(e)),
+    }
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn ts(micros: Option<i64>) -> Option<Timestamp> {
+    micros.map(Timestamp::from_micros)
+}
+
+fn row_to_conversation(row: &SqliteRow) -> StoreResult<Conversation> {
+    let id: String = row.get("conversation_id");
+    let status: String = row.get("status");
+    Ok(Conversation {
+        id: ConversationId::parse(&id).map_err(backend)?,
+        account: row.get("account_id"),
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError::Backend(format!("unknown status {status:?}").into()))?,
+        conversation_name: row.get("conversation_name"),
+        callback_url: row.get("callback_url"),
+        replica_id: row.get("replica_id"),
+        persona_id: row.get("persona_id"),
+        conversational_context: row.get("conversational_context"),
+        custom_greeting: row.get("custom_greeting"),
+        test_mode: row.get("test_mode"),
+        enable_recording: row.get("enable_recording"),
+        meeting_token: row.get("meeting_token"),
+        request_json: row.get("request_json"),
+        created_at: Timestamp::from_micros(row.get("created_at")),
+        updated_at: Timestamp::from_micros(row.get("updated_at")),
+        joined_at: ts(row.get("joined_at")),
+        ended_at: ts(row.get("ended_at")),
+        shutdown_reason: row.get("shutdown_reason"),
+        deleted_at: ts(row.get("deleted_at")),
+    })
+}
+
+fn row_to_job(row: &SqliteRow) -> StoreResult<Job> {
+    let kind: String = row.get("kind");
+    let id: String = row.get("conversation_id");
+    Ok(Job {
+        id: row.get("job_id"),
+        kind: JobKind::parse(&kind)
+            .ok_or_else(|| StoreError::Backend(format!("unknown job kind {kind:?}").into()))?,
+        conversation_id: ConversationId::parse(&id).map_err(backend)?,
+        not_before: ts(row.get("not_before")),
+        attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+    })
+}
+
+async fn insert_event(
+    tx: &mut sqlx::SqliteConnection,
+    id: &ConversationId,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO event (conversation_id, event_type, message_type, occurred_at, properties) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(id.as_str())
+    .bind(event.event_type.as_str())
+    .bind(event.event_type.message_type())
+    .bind(event.timestamp.as_micros())
+    .bind(event.properties.to_string())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_job(
+    tx: &mut sqlx::SqliteConnection,
+    kind: JobKind,
+    id: &ConversationId,
+    run_at: Timestamp,
+    not_before: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<JobId, sqlx::Error> {
+    let row = sqlx::query(
+        "INSERT INTO job (kind, conversation_id, not_before, run_at, created_at) VALUES (?, ?, ?, ?, ?) RETURNING job_id",
+    )
+    .bind(kind.as_str())
+    .bind(id.as_str())
+    .bind(not_before.map(Timestamp::as_micros))
+    .bind(run_at.as_micros())
+    .bind(now.as_micros())
+    .fetch_one(tx)
+    .await?;
+    Ok(row.get(0))
+}
+
+const CLAIM_RETURNING: &str = "RETURNING job_id, kind, conversation_id, not_before, attempts";
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn has_accounts(&self) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM account)")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(map_err)?;
+        Ok(row.get::<bool, _>(0))
+    }
+
+    async fn ensure_account(&self, name: &str, now: Timestamp) -> StoreResult<bool> {
+        let done =
+            sqlx::query("INSERT INTO account (account_id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(name)
+                .bind(now.as_micros())
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_account_limits(
+        &self,
+        name: &str,
+        max_concurrent: Option<u32>,
+        retention_days: Option<u32>,
+    ) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE account SET max_concurrent = ?, retention_days = ? WHERE account_id = ?")
+                .bind(max_concurrent)
+                .bind(retention_days)
+                .bind(name)
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_accounts(&self) -> StoreResult<Vec<Account>> {
+        let rows =
+            sqlx::query("SELECT account_id, max_concurrent, retention_days FROM account ORDER BY created_at")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Account {
+                name: r.get(0),
+                max_concurrent: r.get(1),
+                retention_days: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn insert_key(
+        &self,
+        key_id: &str,
+        account: &str,
+        key_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO api_key (key_id, account_id, key_hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(key_id)
+            .bind(account)
+            .bind(key_hash)
+            .bind(now.as_micros())
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_keys(&self) -> StoreResult<Vec<KeyInfo>> {
+        let rows = sqlx::query(
+            "SELECT key_id, account_id, created_at, revoked_at FROM api_key ORDER BY created_at, key_id",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| KeyInfo {
+                key_id: r.get(0),
+                account: r.get(1),
+                created_at: Timestamp::from_micros(r.get(2)),
+                revoked_at: ts(r.get(3)),
+            })
+            .collect())
+    }
+
+    async fn revoke_key(&self, key_id: &str, now: Timestamp) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE api_key SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL")
+            .bind(now.as_micros())
+            .bind(key_id)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn account_for_key(&self, key_hash: &str) -> StoreResult<Option<Account>> {
+        let row = sqlx::query(
+            "SELECT a.account_id, a.max_concurrent, a.retention_days FROM api_key k \
+             JOIN account a ON a.account_id = k.account_id WHERE k.key_hash = ? AND k.revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(row.map(|r| Account {
+            name: r.get(0),
+            max_concurrent: r.get(1),
+            retention_days: r.get(2),
+        }))
+    }
+
+    async fn create_conversation(
+        &self,
+        c: &Conversation,
+        max_active: u32,
+        join_at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        if c.status == Status::Active && !c.test_mode {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM conversation WHERE account_id = ? AND status = 'active' AND test_mode = 0",
+            )
+            .bind(&c.account)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if active >= i64::from(max_active) {
+                return Err(StoreError::ConcurrencyLimit);
+            }
+        }
+        sqlx::query(concat!(
+            "INSERT INTO conversation (",
+            columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(c.id.as_str())
+        .bind(&c.account)
+        .bind(c.status.as_str())
+        .bind(&c.conversation_name)
+        .bind(&c.callback_url)
+        .bind(&c.replica_id)
+        .bind(&c.persona_id)
+        .bind(&c.conversational_context)
+        .bind(&c.custom_greeting)
+        .bind(c.test_mode)
+        .bind(c.enable_recording)
+        .bind(&c.meeting_token)
+        .bind(&c.request_json)
+        .bind(c.created_at.as_micros())
+        .bind(c.updated_at.as_micros())
+        .bind(c.joined_at.map(Timestamp::as_micros))
+        .bind(c.ended_at.map(Timestamp::as_micros))
+        .bind(&c.shutdown_reason)
+        .bind(c.deleted_at.map(Timestamp::as_micros))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if let Some(at) = join_at {
+            insert_job(&mut tx, JobKind::JoinReplica, &c.id, at, None, c.created_at)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn get_conversation(
+        &self,
+        account: &str,
+        id: &ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM conversation \
+             WHERE conversation_id = ? AND account_id = ? AND deleted_at IS NULL"
+        ))
+        .bind(id.as_str())
+        .bind(account)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(row_to_conversation).transpose()
+    }
+
+    async fn load_conversation(&self, id: &ConversationId) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM conversation WHERE conversation_id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(row_to_conversation).transpose()
+    }
+
+    async fn list_conversations(
+        &self,
+        account: &str,
+        status: Option<Status>,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<Conversation>, u64)> {
+        macro_rules! listing {
+            ($filter:literal) => {
+                (
+                    concat!(
+                        "SELECT ",
+                        columns!(),
+                        " FROM conversation WHERE account_id = ? AND deleted_at IS NULL ",
+                        $filter,
+                        " ORDER BY created_at DESC, conversation_id DESC LIMIT ? OFFSET ?"
+                    ),
+                    concat!(
+                        "SELECT COUNT(*) FROM conversation WHERE account_id = ? AND deleted_at IS NULL ",
+                        $filter
+                    ),
+                )
+            };
+        }
+        let (page_sql, count_sql) = if status.is_some() {
+            listing!("AND status = ?")
+        } else {
+            listing!("")
+        };
+        // One read transaction, so the page and the total come from the same snapshot.
+        let mut tx = self.readers.begin().await.map_err(map_err)?;
+        let mut page = sqlx::query(page_sql).bind(account);
+        let mut count = sqlx::query_scalar::<_, i64>(count_sql).bind(account);
+        if let Some(s) = status {
+            page = page.bind(s.as_str());
+            count = count.bind(s.as_str());
+        }
+        let rows = page
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let total = count.fetch_one(&mut *tx).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        let list = rows
+            .iter()
+            .map(row_to_conversation)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((list, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn list_events(&self, id: &ConversationId) -> StoreResult<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT event_type, message_type, occurred_at, properties FROM event \
+             WHERE conversation_id = ? ORDER BY event_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let props: String = r.get(3);
+                Ok(StoredEvent {
+                    event_type: r.get(0),
+                    message_type: r.get(1),
+                    timestamp: Timestamp::from_micros(r.get(2)),
+                    properties: serde_json::from_str(&props).map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_join(&self, id: &ConversationId, event: &Event) -> StoreResult<bool> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE conversation SET joined_at = ?, updated_at = ? \
+             WHERE conversation_id = ? AND status = 'active' AND joined_at IS NULL",
+        )
+        .bind(event.timestamp.as_micros())
+        .bind(event.timestamp.as_micros())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, id, event).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn end_conversation(
+        &self,
+        account: Option<&str>,
+        id: &ConversationId,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<EndOutcome> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let row = match account {
+            Some(account) => sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM conversation \
+                 WHERE conversation_id = ? AND account_id = ? AND deleted_at IS NULL"
+            ))
+            .bind(id.as_str())
+            .bind(account),
+            None => sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM conversation WHERE conversation_id = ?"
+            ))
+            .bind(id.as_str()),
+        }
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(EndOutcome::NotFound);
+        };
+        let mut conversation = row_to_conversation(&row)?;
+        if conversation.status == Status::Ended {
+            return Ok(EndOutcome::AlreadyEnded(conversation));
+        }
+        sqlx::query(
+            "UPDATE conversation SET status = 'ended', ended_at = ?, updated_at = ?, shutdown_reason = ? \
+             WHERE conversation_id = ?",
+        )
+        .bind(now.as_micros())
+        .bind(now.as_micros())
+        .bind(reason)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let shutdown = Event::shutdown(now, &conversation.replica_id, reason);
+        insert_event(&mut tx, id, &shutdown).await.map_err(map_err)?;
+        // A replica that has not joined yet never will.
+        sqlx::query("DELETE FROM job WHERE conversation_id = ? AND kind = ?")
+            .bind(id.as_str())
+            .bind(JobKind::JoinReplica.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let finalize_job = insert_job(&mut tx, JobKind::Finalize, id, now, None, now)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        conversation.status = Status::Ended;
+        conversation.ended_at = Some(now);
+        conversation.updated_at = now;
+        conversation.shutdown_reason = Some(reason.to_owned());
+        Ok(EndOutcome::Ended {
+            conversation,
+            finalize_job,
+        })
+    }
+
+    async fn store_call_results(
+        &self,
+        id: &ConversationId,
+        events: &[Event],
+        asset: Option<&Asset>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conversation WHERE conversation_id = ?)")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if !exists {
+            return Ok(false);
+        }
+        // A retried finalize must not store its events twice.
+        let done_before: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM event WHERE conversation_id = ? AND event_type = 'application.transcription_ready')",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if !done_before {
+            for event in events {
+                insert_event(&mut tx, id, event).await.map_err(map_err)?;
+            }
+        }
+        if let Some(a) = asset {
+            sqlx::query(
+                "INSERT OR REPLACE INTO asset (conversation_id, name, blob_key, content_type, size, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id.as_str())
+            .bind(&a.name)
+            .bind(&a.blob_key)
+            .bind(&a.content_type)
+            .bind(i64::try_from(a.size).unwrap_or(i64::MAX))
+            .bind(a.created_at.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn get_asset(&self, account: &str, id: &ConversationId, name: &str) -> StoreResult<Option<Asset>> {
+        let row = sqlx::query(
+            "SELECT a.name, a.blob_key, a.content_type, a.size, a.created_at FROM asset a \
+             JOIN conversation c ON c.conversation_id = a.conversation_id \
+             WHERE a.conversation_id = ? AND a.name = ? AND c.account_id = ? AND c.deleted_at IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(account)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(row.map(|r| Asset {
+            name: r.get(0),
+            blob_key: r.get(1),
+            content_type: r.get(2),
+            size: u64::try_from(r.get::<i64, _>(3)).unwrap_or(0),
+            created_at: Timestamp::from_micros(r.get(4)),
+        }))
+    }
+
+    async fn soft_delete(
+        &self,
+        account: &str,
+        id: &ConversationId,
+        now: Timestamp,
+        purge_at: Timestamp,
+    ) -> StoreResult<SoftDeleteOutcome> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let row = sqlx::query(
+            "SELECT status, deleted_at FROM conversation WHERE conversation_id = ? AND account_id = ?",
+        )
+        .bind(id.as_str())
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(SoftDeleteOutcome::NotFound);
+        };
+        if row.get::<Option<i64>, _>(1).is_some() {
+            return Ok(SoftDeleteOutcome::AlreadyDeleted);
+        }
+        if row.get::<String, _>(0) == Status::Active.as_str() {
+            return Ok(SoftDeleteOutcome::StillActive);
+        }
+        sqlx::query("UPDATE conversation SET deleted_at = ?, updated_at = ? WHERE conversation_id = ?")
+            .bind(now.as_micros())
+            .bind(now.as_micros())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_job(&mut tx, JobKind::RetentionPurge, id, purge_at, Some(now), now)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(SoftDeleteOutcome::Deleted)
+    }
+
+    async fn restore(&self, id: &ConversationId, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let done = sqlx::query(
+            "UPDATE conversation SET deleted_at = NULL, updated_at = ? WHERE conversation_id = ? AND deleted_at IS NOT NULL",
+        )
+        .bind(now.as_micros())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM job WHERE conversation_id = ? AND kind = ?")
+            .bind(id.as_str())
+            .bind(JobKind::RetentionPurge.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn hard_delete(
+        &self,
+        scope: DeleteScope<'_>,
+        id: &ConversationId,
+        now: Timestamp,
+    ) -> StoreResult<HardDeleteOutcome> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let row =
+            sqlx::query("SELECT account_id, status, deleted_at FROM conversation WHERE conversation_id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(HardDeleteOutcome::NotFound);
+        };
+        let owner: String = row.get(0);
+        let deleted_at: Option<i64> = row.get(2);
+        let reason = match scope {
+            DeleteScope::Account(account) if account == owner => "hard_delete",
+            DeleteScope::RetentionExpired { deleted_at: at } if deleted_at == Some(at.as_micros()) => {
+                "retention_expired"
+            }
+            _ => return Ok(HardDeleteOutcome::NotFound),
+        };
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event WHERE conversation_id = ?")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let (assets, asset_bytes): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM asset WHERE conversation_id = ?")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        for sql in [
+            "DELETE FROM event WHERE conversation_id = ?",
+            "DELETE FROM asset WHERE conversation_id = ?",
+            // Finalize jobs stay: one in flight must find the conversation gone and remove what it wrote.
+            "DELETE FROM job WHERE conversation_id = ? AND kind IN ('join_replica', 'retention_purge')",
+            "DELETE FROM conversation WHERE conversation_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        let receipt = ErasureReceipt {
+            conversation_id: id.clone(),
+            account: owner,
+            erased_at: now,
+            reason: reason.to_owned(),
+            events: u64::try_from(events).unwrap_or(0),
+            assets: u64::try_from(assets).unwrap_or(0),
+            asset_bytes: u64::try_from(asset_bytes).unwrap_or(0),
+        };
+        sqlx::query(
+            "INSERT INTO erasure_receipt (conversation_id, account_id, erased_at, reason, events, assets, asset_bytes) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id) DO UPDATE SET erased_at = excluded.erased_at",
+        )
+        .bind(id.as_str())
+        .bind(&receipt.account)
+        .bind(now.as_micros())
+        .bind(reason)
+        .bind(events)
+        .bind(assets)
+        .bind(asset_bytes)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let purge_job = insert_job(&mut tx, JobKind::Purge, id, now, None, now)
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(HardDeleteOutcome::Deleted { receipt, purge_job })
+    }
+
+    async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>> {
+        let rows = sqlx::query(
+            "SELECT conversation_id, account_id, erased_at, reason, events, assets, asset_bytes FROM erasure_receipt \
+             WHERE ?1 IS NULL OR account_id = ?1 ORDER BY erased_at DESC",
+        )
+        .bind(account)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok(ErasureReceipt {
+                    conversation_id: ConversationId::parse(&id).map_err(backend)?,
+                    account: r.get(1),
+                    erased_at: Timestamp::from_micros(r.get(2)),
+                    reason: r.get(3),
+                    events: u64::try_from(r.get::<i64, _>(4)).unwrap_or(0),
+                    assets: u64::try_from(r.get::<i64, _>(5)).unwrap_or(0),
+                    asset_bytes: u64::try_from(r.get::<i64, _>(6)).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_due_jobs(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "UPDATE job SET locked_until = ?1, attempts = attempts + 1 WHERE job_id IN ( \
+               SELECT job_id FROM job WHERE run_at <= ?2 AND (locked_until IS NULL OR locked_until <= ?2) \
+               ORDER BY run_at, job_id LIMIT ?3) {CLAIM_RETURNING}"
+        ))
+        .bind(lease_until.as_micros())
+        .bind(now.as_micros())
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_err)?;
+        let mut jobs = rows.iter().map(row_to_job).collect::<StoreResult<Vec<_>>>()?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn claim_job(&self, id: JobId, now: Timestamp, lease_until: Timestamp) -> StoreResult<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "UPDATE job SET locked_until = ?1, attempts = attempts + 1 \
+             WHERE job_id = ?2 AND (locked_until IS NULL OR locked_until <= ?3) {CLAIM_RETURNING}"
+        ))
+        .bind(lease_until.as_micros())
+        .bind(id)
+        .bind(now.as_micros())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(row_to_job).transpose()
+    }
+
+    async fn complete_job(&self, id: JobId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM job WHERE job_id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn fail_job(&self, id: JobId, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        sqlx::query("UPDATE job SET locked_until = NULL, run_at = ?, last_error = ? WHERE job_id = ?")
+            .bind(retry_at.as_micros())
+            .bind(error)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_jobs(&self) -> StoreResult<Vec<JobInfo>> {
+        let rows = sqlx::query(
+            "SELECT job_id, kind, conversation_id, run_at, attempts, last_error FROM job ORDER BY job_id",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| JobInfo {
+                id: r.get(0),
+                kind: r.get(1),
+                conversation_id: r.get(2),
+                run_at: Timestamp::from_micros(r.get(3)),
+                attempts: u32::try_from(r.get::<i64, _>(4)).unwrap_or(u32::MAX),
+                last_error: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn erase_residue(&self) -> StoreResult<bool> {
+        let ticket = self.checkpoint.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut completed = self.checkpoint.completed.lock().await;
+        if *completed >= ticket {
+            return Ok(true);
+        }
+        let covers = self.checkpoint.requested.load(Ordering::SeqCst);
+        // TRUNCATE copies every frame into the database file (where secure_delete zeroed the
+        // erased cells) and cuts the WAL to zero bytes, so no old frame keeps erased content.
+        let (busy, _log, _done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.writer)
+            .await
+            .map_err(map_err)?;
+        if busy != 0 {
+            return Ok(false);
+        }
+        *completed = covers;
+        Ok(true)
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}

@@ -1,0 +1,310 @@
+//! The storage boundary: the `ConversationStore` trait every backend implements, and its errors.
+
+use async_trait::async_trait;
+use parley_domain::{Conversation, ConversationId, Event, Timestamp};
+
+/// What can go wrong in a store, in terms the services can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The account is at its cap of active conversations.
+    #[error("User has reached maximum concurrent conversations")]
+    ConcurrencyLimit,
+    /// The backend cannot be reached now; the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend reported.
+    #[error("storage error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An account as authentication sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    /// Overrides the server's default cap of active conversations.
+    pub max_concurrent: Option<u32>,
+    /// Overrides the server's default retention of soft-deleted conversations.
+    pub retention_days: Option<u32>,
+}
+
+/// An API key as listed to an operator: never the secret.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub account: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A stored event, already in envelope terms.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event_type: String,
+    pub message_type: String,
+    pub timestamp: Timestamp,
+    pub properties: serde_json::Value,
+}
+
+/// A blob that belongs to a conversation.
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub name: String,
+    pub blob_key: String,
+    pub content_type: String,
+    pub size: u64,
+    pub created_at: Timestamp,
+}
+
+/// What `end_conversation` did.
+#[derive(Debug)]
+pub enum EndOutcome {
+    /// No such visible conversation.
+    NotFound,
+    /// It was already over; nothing changed.
+    AlreadyEnded(Conversation),
+    /// It is now ended; the finalize job produces its assets.
+    Ended {
+        conversation: Conversation,
+        finalize_job: JobId,
+    },
+}
+
+/// What `soft_delete` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SoftDeleteOutcome {
+    NotFound,
+    /// The conversation is still active: end it first.
+    StillActive,
+    Deleted,
+    AlreadyDeleted,
+}
+
+/// Who may hard-delete: an API caller sees only its own, visible or soft-deleted conversations.
+#[derive(Debug, Clone, Copy)]
+pub enum DeleteScope<'a> {
+    /// An API request from this account.
+    Account(&'a str),
+    /// The retention job: only if still soft-deleted since this instant.
+    RetentionExpired { deleted_at: Timestamp },
+}
+
+/// What `hard_delete` did.
+#[derive(Debug)]
+pub enum HardDeleteOutcome {
+    NotFound,
+    /// The rows are gone; the purge job removes the blobs and database residue.
+    Deleted {
+        receipt: ErasureReceipt,
+        purge_job: JobId,
+    },
+}
+
+/// The record kept of an erasure: who, when and how much; never content.
+#[derive(Debug, Clone)]
+pub struct ErasureReceipt {
+    pub conversation_id: ConversationId,
+    pub account: String,
+    pub erased_at: Timestamp,
+    pub reason: String,
+    pub events: u64,
+    pub assets: u64,
+    pub asset_bytes: u64,
+}
+
+/// A durable job's id.
+pub type JobId = i64;
+
+/// The kinds of durable background work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// The simulated replica joins the call.
+    JoinReplica,
+    /// An ended call gets its transcript, perception analysis and recording.
+    Finalize,
+    /// A hard-deleted conversation's blobs and database residue are removed.
+    Purge,
+    /// A soft-deleted conversation past its retention window is hard-deleted.
+    RetentionPurge,
+}
+
+impl JobKind {
+    /// The stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::JoinReplica => "join_replica",
+            Self::Finalize => "finalize",
+            Self::Purge => "purge",
+            Self::RetentionPurge => "retention_purge",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::JoinReplica,
+            Self::Finalize,
+            Self::Purge,
+            Self::RetentionPurge,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == raw)
+    }
+}
+
+/// A claimed job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub conversation_id: ConversationId,
+    /// Set for retention jobs: the soft delete this job expires.
+    pub not_before: Option<Timestamp>,
+    /// Attempts so far, including this one.
+    pub attempts: u32,
+}
+
+/// A pending job as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub kind: String,
+    pub conversation_id: String,
+    pub run_at: Timestamp,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// Persistent state: accounts, keys, conversations, events, assets, receipts and jobs.
+///
+/// Every method is one transaction; a method either happens whole or not at all.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    // --- accounts and keys ---
+
+    /// Whether any account exists (first start creates `default`).
+    async fn has_accounts(&self) -> StoreResult<bool>;
+    /// Creates the account if missing; true when it was created.
+    async fn ensure_account(&self, name: &str, now: Timestamp) -> StoreResult<bool>;
+    /// Sets or clears an account's overrides; false when no such account.
+    async fn set_account_limits(
+        &self,
+        name: &str,
+        max_concurrent: Option<u32>,
+        retention_days: Option<u32>,
+    ) -> StoreResult<bool>;
+    /// All accounts.
+    async fn list_accounts(&self) -> StoreResult<Vec<Account>>;
+    /// Stores a key by its hash (the account must exist).
+    async fn insert_key(
+        &self,
+        key_id: &str,
+        account: &str,
+        key_hash: &str,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    /// All keys, oldest first.
+    async fn list_keys(&self) -> StoreResult<Vec<KeyInfo>>;
+    /// Revokes a key; false when no such unrevoked key.
+    async fn revoke_key(&self, key_id: &str, now: Timestamp) -> StoreResult<bool>;
+    /// The account of an unrevoked key with this hash.
+    async fn account_for_key(&self, key_hash: &str) -> StoreResult<Option<Account>>;
+
+    // --- conversations ---
+
+    /// Inserts a conversation, checking the account's cap of active ones atomically.
+    ///
+    /// `join_at` schedules the simulated replica's join (none for test mode).
+    async fn create_conversation(
+        &self,
+        conversation: &Conversation,
+        max_active: u32,
+        join_at: Option<Timestamp>,
+    ) -> StoreResult<()>;
+    /// A visible (not soft-deleted) conversation of the account.
+    async fn get_conversation(&self, account: &str, id: &ConversationId)
+    -> StoreResult<Option<Conversation>>;
+    /// A conversation in any state but hard-deleted, for background work.
+    async fn load_conversation(&self, id: &ConversationId) -> StoreResult<Option<Conversation>>;
+    /// A page of visible conversations, newest first, and the total count of matches.
+    async fn list_conversations(
+        &self,
+        account: &str,
+        status: Option<parley_domain::Status>,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<Conversation>, u64)>;
+    /// The conversation's events, oldest first.
+    async fn list_events(&self, id: &ConversationId) -> StoreResult<Vec<StoredEvent>>;
+    /// Records the replica's join if the call is still active and not yet joined; true if recorded.
+    async fn record_join(&self, id: &ConversationId, event: &Event) -> StoreResult<bool>;
+    /// Ends an active conversation: status, shutdown event and a finalize job, in one transaction.
+    ///
+    /// `account` limits it to visible conversations of that account; `None` is for background work.
+    async fn end_conversation(
+        &self,
+        account: Option<&str>,
+        id: &ConversationId,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<EndOutcome>;
+    /// Stores the assets and after-end events of an ended call; false if it was hard-deleted meanwhile.
+    async fn store_call_results(
+        &self,
+        id: &ConversationId,
+        events: &[Event],
+        asset: Option<&Asset>,
+    ) -> StoreResult<bool>;
+    /// The visible conversation's asset of that name.
+    async fn get_asset(&self, account: &str, id: &ConversationId, name: &str) -> StoreResult<Option<Asset>>;
+    /// Hides an ended conversation and schedules its retention purge at `purge_at`.
+    async fn soft_delete(
+        &self,
+        account: &str,
+        id: &ConversationId,
+        now: Timestamp,
+        purge_at: Timestamp,
+    ) -> StoreResult<SoftDeleteOutcome>;
+    /// Brings back a soft-deleted conversation; false when there is none.
+    async fn restore(&self, id: &ConversationId, now: Timestamp) -> StoreResult<bool>;
+    /// Erases a conversation's rows, records a receipt and a purge job, in one transaction.
+    ///
+    /// An active conversation is ended first (its shutdown event is written, then erased with the rest).
+    async fn hard_delete(
+        &self,
+        scope: DeleteScope<'_>,
+        id: &ConversationId,
+        now: Timestamp,
+    ) -> StoreResult<HardDeleteOutcome>;
+    /// Erasure receipts, newest first.
+    async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>>;
+
+    // --- durable jobs ---
+
+    /// Claims up to `limit` due jobs, leasing each until `lease_until`.
+    async fn claim_due_jobs(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Job>>;
+    /// Claims one job by id if it is not leased, to run it inline.
+    async fn claim_job(&self, id: JobId, now: Timestamp, lease_until: Timestamp) -> StoreResult<Option<Job>>;
+    /// Removes a finished job.
+    async fn complete_job(&self, id: JobId) -> StoreResult<()>;
+    /// Releases a failed job to run again at `retry_at`.
+    async fn fail_job(&self, id: JobId, error: &str, retry_at: Timestamp) -> StoreResult<()>;
+    /// Pending jobs, for operators and tests.
+    async fn list_jobs(&self) -> StoreResult<Vec<JobInfo>>;
+    /// Makes erased content unrecoverable from the backend's files (e.g. a WAL checkpoint).
+    ///
+    /// Returns false when it could not complete now and should be retried.
+    async fn erase_residue(&self) -> StoreResult<bool>;
+    /// Releases connections.
+    async fn close(&self);
+}
