@@ -209,6 +209,13 @@ impl NewConversation {
         if !value.is_object() {
             return Err(ValidationError("Invalid JSON body: expected an object".into()));
         }
+        // serde would read a struct from an array; the contract wants an object.
+        if value
+            .get("properties")
+            .is_some_and(|p| !p.is_object() && !p.is_null())
+        {
+            return Err(ValidationError::field("properties", "expected an object"));
+        }
         let request: CreateConversation = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();

@@ -28,6 +28,8 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     jobs: Option<JoinHandle<()>>,
+    /// Held while serving: one server per data directory.
+    _lock: std::fs::File,
 }
 
 /// Opens the store of a data directory, creating the directory if needed.
@@ -52,7 +54,15 @@ pub async fn create_key(store: &dyn ConversationStore, account: &str) -> anyhow:
 
 /// Opens everything, binds the listener and starts serving and running jobs.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&config.store.data_dir)
+        .with_context(|| format!("creating data directory {}", config.store.data_dir.display()))?;
+    let lock = lock_data_dir(&config.store)?;
     let store = open_store(&config.store).await?;
+    // We hold the data directory's lock, so any lease in the job table belongs to a dead process.
+    let released = store.release_all_leases().await?;
+    if released > 0 {
+        tracing::info!(job.count = released, "resuming jobs left by a stopped process");
+    }
     let initial_key = if store.has_accounts().await? {
         None
     } else {
@@ -103,7 +113,27 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         stop,
         http,
         jobs,
+        _lock: lock,
     })
+}
+
+/// Takes an exclusive lock on `parley.lock` in the data directory, released when the process exits.
+fn lock_data_dir(config: &StoreConfig) -> anyhow::Result<std::fs::File> {
+    let path = config.data_dir.join("parley.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `parley serve` is using {}; one server per data directory",
+            config.data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 impl Server {

@@ -8,7 +8,7 @@ use futures::future::join_all;
 use parley_blobs::BlobKey;
 use parley_domain::replica::{self, RecordingLocation};
 use parley_domain::{ConversationId, Event, Timestamp};
-use parley_store::{Asset, DeleteScope, HardDeleteOutcome, Job, JobId, JobKind};
+use parley_store::{Asset, DeleteScope, HardDeleteOutcome, Job, JobKind};
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -44,22 +44,26 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Runs one job now, in the caller's task, if this process runs jobs and nobody else holds it.
+/// The lease for a job that the caller creates and runs at once, if this process runs jobs.
 ///
-/// Failure is logged, not returned: the job row stays and the runner retries it.
-pub async fn run_now(state: &AppState, id: JobId) {
-    if !state.settings.run_jobs {
-        return;
-    }
-    let now = Timestamp::now();
-    match state.store.claim_job(id, now, now.plus_secs(LEASE_SECS)).await {
-        Ok(Some(job)) => run_claimed(state, job).await,
-        Ok(None) => {}
-        Err(e) => tracing::warn!(job.id = id, error = %e, "claiming job failed; the runner will retry"),
+/// A job created already claimed cannot be taken by the runner in between, so the request that
+/// made it sees it done (or failed and queued for retry) before answering.
+pub fn inline_lease(state: &AppState) -> Option<Timestamp> {
+    state
+        .settings
+        .run_jobs
+        .then(|| Timestamp::now().plus_secs(LEASE_SECS))
+}
+
+/// Runs a job the caller created, if it was created claimed (see [`inline_lease`]).
+pub async fn run_if_claimed(state: &AppState, job: Job) {
+    if job.attempts > 0 {
+        run_claimed(state, job).await;
     }
 }
 
-async fn run_claimed(state: &AppState, job: Job) {
+/// Runs a job claimed by the caller; failure is logged, and the job row stays for a retry.
+pub async fn run_claimed(state: &AppState, job: Job) {
     let started = std::time::Instant::now();
     match execute(state, &job).await {
         Ok(()) => {
@@ -113,13 +117,14 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
                 .not_before
                 .context("retention job without its soft-delete time")?;
             let scope = DeleteScope::RetentionExpired { deleted_at };
-            if let HardDeleteOutcome::Deleted { purge_job, .. } =
-                state.store.hard_delete(scope, id, Timestamp::now()).await?
+            let lease = inline_lease(state);
+            if let HardDeleteOutcome::Deleted { purge: job, .. } = state
+                .store
+                .hard_delete(scope, id, Timestamp::now(), lease)
+                .await?
             {
                 tracing::info!(conversation.id = %id, "retention window over; conversation erased");
-                // If this fails the purge job is still there for the runner.
-                purge(state, id).await?;
-                state.store.complete_job(purge_job).await?;
+                Box::pin(run_if_claimed(state, job)).await;
             }
             Ok(())
         }

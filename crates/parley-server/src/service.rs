@@ -143,17 +143,23 @@ pub async fn end_conversation(
     let reason = ShutdownReason::EndEndpointHit.as_str();
     match state
         .store
-        .end_conversation(Some(&account.name), id, reason, Timestamp::now())
+        .end_conversation(
+            Some(&account.name),
+            id,
+            reason,
+            Timestamp::now(),
+            jobs::inline_lease(state),
+        )
         .await?
     {
         EndOutcome::NotFound => Err(ServiceError::InvalidConversationId),
         EndOutcome::AlreadyEnded(c) => Ok(c),
         EndOutcome::Ended {
             conversation,
-            finalize_job,
+            finalize,
         } => {
             tracing::info!(conversation.id = %id, shutdown_reason = reason, "conversation ended");
-            jobs::run_now(state, finalize_job).await;
+            jobs::run_if_claimed(state, finalize).await;
             Ok(conversation)
         }
     }
@@ -169,11 +175,16 @@ pub async fn delete_conversation(
     if hard {
         return match state
             .store
-            .hard_delete(DeleteScope::Account(&account.name), id, Timestamp::now())
+            .hard_delete(
+                DeleteScope::Account(&account.name),
+                id,
+                Timestamp::now(),
+                jobs::inline_lease(state),
+            )
             .await?
         {
             HardDeleteOutcome::NotFound => Err(ServiceError::InvalidConversationId),
-            HardDeleteOutcome::Deleted { receipt, purge_job } => {
+            HardDeleteOutcome::Deleted { receipt, purge } => {
                 tracing::info!(
                     conversation.id = %id,
                     event.count = receipt.events,
@@ -181,7 +192,7 @@ pub async fn delete_conversation(
                     "conversation hard-deleted"
                 );
                 // Purge before answering when we can; the job row makes it happen regardless.
-                jobs::run_now(state, purge_job).await;
+                jobs::run_if_claimed(state, purge).await;
                 Ok(())
             }
         };
@@ -198,12 +209,12 @@ pub async fn delete_conversation(
                 let reason = ShutdownReason::Deleted.as_str();
                 match state
                     .store
-                    .end_conversation(Some(&account.name), id, reason, now)
+                    .end_conversation(Some(&account.name), id, reason, now, jobs::inline_lease(state))
                     .await?
                 {
                     EndOutcome::NotFound => return Err(ServiceError::InvalidConversationId),
                     EndOutcome::AlreadyEnded(_) => {}
-                    EndOutcome::Ended { finalize_job, .. } => jobs::run_now(state, finalize_job).await,
+                    EndOutcome::Ended { finalize, .. } => jobs::run_if_claimed(state, finalize).await,
                 }
             }
         }

@@ -177,6 +177,37 @@ async fn insert_event(
     Ok(())
 }
 
+/// A job row that runs now, created already claimed when `lease_until` is set.
+async fn insert_claimed_job(
+    tx: &mut sqlx::SqliteConnection,
+    kind: JobKind,
+    id: &ConversationId,
+    now: Timestamp,
+    lease_until: Option<Timestamp>,
+) -> Result<Job, sqlx::Error> {
+    let attempts = u32::from(lease_until.is_some());
+    let row = sqlx::query(
+        "INSERT INTO job (kind, conversation_id, run_at, locked_until, attempts, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING job_id",
+    )
+    .bind(kind.as_str())
+    .bind(id.as_str())
+    .bind(now.as_micros())
+    .bind(lease_until.map(Timestamp::as_micros))
+    .bind(attempts)
+    .bind(now.as_micros())
+    .fetch_one(tx)
+    .await?;
+    Ok(Job {
+        id: row.get(0),
+        kind,
+        conversation_id: id.clone(),
+        not_before: None,
+        attempts,
+    })
+}
+
+/// A job row for later.
 async fn insert_job(
     tx: &mut sqlx::SqliteConnection,
     kind: JobKind,
@@ -184,18 +215,18 @@ async fn insert_job(
     run_at: Timestamp,
     not_before: Option<Timestamp>,
     now: Timestamp,
-) -> Result<JobId, sqlx::Error> {
-    let row = sqlx::query(
-        "INSERT INTO job (kind, conversation_id, not_before, run_at, created_at) VALUES (?, ?, ?, ?, ?) RETURNING job_id",
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job (kind, conversation_id, not_before, run_at, created_at) VALUES (?, ?, ?, ?, ?)",
     )
     .bind(kind.as_str())
     .bind(id.as_str())
     .bind(not_before.map(Timestamp::as_micros))
     .bind(run_at.as_micros())
     .bind(now.as_micros())
-    .fetch_one(tx)
+    .execute(tx)
     .await?;
-    Ok(row.get(0))
+    Ok(())
 }
 
 const CLAIM_RETURNING: &str = "RETURNING job_id, kind, conversation_id, not_before, attempts";
@@ -502,6 +533,7 @@ impl ConversationStore for SqliteStore {
         id: &ConversationId,
         reason: &str,
         now: Timestamp,
+        lease_until: Option<Timestamp>,
     ) -> StoreResult<EndOutcome> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
         let row = match account {
@@ -550,7 +582,7 @@ impl ConversationStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        let finalize_job = insert_job(&mut tx, JobKind::Finalize, id, now, None, now)
+        let finalize = insert_claimed_job(&mut tx, JobKind::Finalize, id, now, lease_until)
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
@@ -560,7 +592,7 @@ impl ConversationStore for SqliteStore {
         conversation.shutdown_reason = Some(reason.to_owned());
         Ok(EndOutcome::Ended {
             conversation,
-            finalize_job,
+            finalize,
         })
     }
 
@@ -700,6 +732,7 @@ impl ConversationStore for SqliteStore {
         scope: DeleteScope<'_>,
         id: &ConversationId,
         now: Timestamp,
+        lease_until: Option<Timestamp>,
     ) -> StoreResult<HardDeleteOutcome> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
         let row =
@@ -767,11 +800,11 @@ impl ConversationStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        let purge_job = insert_job(&mut tx, JobKind::Purge, id, now, None, now)
+        let purge = insert_claimed_job(&mut tx, JobKind::Purge, id, now, lease_until)
             .await
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(HardDeleteOutcome::Deleted { receipt, purge_job })
+        Ok(HardDeleteOutcome::Deleted { receipt, purge })
     }
 
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>> {
@@ -821,18 +854,12 @@ impl ConversationStore for SqliteStore {
         Ok(jobs)
     }
 
-    async fn claim_job(&self, id: JobId, now: Timestamp, lease_until: Timestamp) -> StoreResult<Option<Job>> {
-        let row = sqlx::query(&format!(
-            "UPDATE job SET locked_until = ?1, attempts = attempts + 1 \
-             WHERE job_id = ?2 AND (locked_until IS NULL OR locked_until <= ?3) {CLAIM_RETURNING}"
-        ))
-        .bind(lease_until.as_micros())
-        .bind(id)
-        .bind(now.as_micros())
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(map_err)?;
-        row.as_ref().map(row_to_job).transpose()
+    async fn release_all_leases(&self) -> StoreResult<u64> {
+        let done = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn complete_job(&self, id: JobId) -> StoreResult<()> {

@@ -71,7 +71,7 @@ pub enum EndOutcome {
     /// It is now ended; the finalize job produces its assets.
     Ended {
         conversation: Conversation,
-        finalize_job: JobId,
+        finalize: Job,
     },
 }
 
@@ -101,7 +101,7 @@ pub enum HardDeleteOutcome {
     /// The rows are gone; the purge job removes the blobs and database residue.
     Deleted {
         receipt: ErasureReceipt,
-        purge_job: JobId,
+        purge: Job,
     },
 }
 
@@ -246,12 +246,14 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Ends an active conversation: status, shutdown event and a finalize job, in one transaction.
     ///
     /// `account` limits it to visible conversations of that account; `None` is for background work.
+    /// With `lease_until` the finalize job is created already claimed, for the caller to run at once.
     async fn end_conversation(
         &self,
         account: Option<&str>,
         id: &ConversationId,
         reason: &str,
         now: Timestamp,
+        lease_until: Option<Timestamp>,
     ) -> StoreResult<EndOutcome>;
     /// Stores the assets and after-end events of an ended call; false if it was hard-deleted meanwhile.
     async fn store_call_results(
@@ -275,11 +277,13 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Erases a conversation's rows, records a receipt and a purge job, in one transaction.
     ///
     /// An active conversation is ended first (its shutdown event is written, then erased with the rest).
+    /// With `lease_until` the purge job is created already claimed, for the caller to run at once.
     async fn hard_delete(
         &self,
         scope: DeleteScope<'_>,
         id: &ConversationId,
         now: Timestamp,
+        lease_until: Option<Timestamp>,
     ) -> StoreResult<HardDeleteOutcome>;
     /// Erasure receipts, newest first.
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>>;
@@ -293,8 +297,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Job>>;
-    /// Claims one job by id if it is not leased, to run it inline.
-    async fn claim_job(&self, id: JobId, now: Timestamp, lease_until: Timestamp) -> StoreResult<Option<Job>>;
+    /// Releases every lease; only for a process that knows no other runner is alive.
+    async fn release_all_leases(&self) -> StoreResult<u64>;
     /// Removes a finished job.
     async fn complete_job(&self, id: JobId) -> StoreResult<()>;
     /// Releases a failed job to run again at `retry_at`.

@@ -1,0 +1,153 @@
+//! Crashes: a hard delete acknowledged before a kill is finished after the restart, and never half done.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Proc, due_jobs, eventually, files_containing, open_db, recording_path, rows_of};
+
+async fn create_ended(client: &reqwest::Client, base: &str, key: &str, marker: &str) -> String {
+    let body = json!({ "conversational_context": marker, "properties": { "enable_recording": true } });
+    let res = client
+        .post(format!("{base}/v2/conversations"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let id = res.json::<Value>().await.unwrap()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = client
+        .post(format!("{base}/v2/conversations/{id}/end"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    id
+}
+
+async fn wait_until_idle(dir: &Path) {
+    let db = open_db(dir).await;
+    eventually("the restarted server finishes every due job", || async {
+        due_jobs(&db).await == 0
+    })
+    .await;
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_cut_short_by_a_kill_is_finished_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let marker = "MARKER-crash-91c2";
+
+    let first = Proc::start(dir.path(), &["--max-concurrent-conversations", "100"]);
+    let key = first.key.clone().unwrap();
+    let id = create_ended(&client, &first.base, &key, marker).await;
+    assert!(recording_path(dir.path(), &id).exists());
+    first.kill();
+
+    // A process that runs no jobs acknowledges the delete and leaves the purge queued: a kill now
+    // is a kill between the 204 and the purge.
+    let api_only = Proc::start(dir.path(), &["--run-jobs", "false"]);
+    let res = client
+        .delete(format!("{}/v2/conversations/{id}?hard=true", api_only.base))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let db = open_db(dir.path()).await;
+    assert_eq!(
+        rows_of(&db, &id).await,
+        (0, 0, 0),
+        "rows go in the delete's own transaction"
+    );
+    let purges: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM job WHERE kind = 'purge' AND conversation_id = ?")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(purges, 1);
+    assert!(
+        recording_path(dir.path(), &id).exists(),
+        "the blob waits for the purge"
+    );
+    db.close().await;
+    api_only.kill();
+
+    let restarted = Proc::start(dir.path(), &[]);
+    wait_until_idle(dir.path()).await;
+    assert!(!recording_path(dir.path(), &id).exists());
+    assert!(files_containing(dir.path(), marker.as_bytes()).is_empty());
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_at_any_moment_of_hard_deletes_leaves_every_conversation_whole_or_gone() {
+    let client = reqwest::Client::new();
+    for (round, kill_after_ms) in [5u64, 40, 120].into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Proc::start(dir.path(), &["--max-concurrent-conversations", "1000"]);
+        let key = server.key.clone().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..24 {
+            ids.push(create_ended(&client, &server.base, &key, &format!("MARK-{round}-{i}-x")).await);
+        }
+        let (doomed, bystanders) = ids.split_at(16);
+
+        let deletes: Vec<_> = doomed
+            .iter()
+            .map(|id| {
+                let req = client
+                    .delete(format!("{}/v2/conversations/{id}?hard=true", server.base))
+                    .header("x-api-key", &key);
+                tokio::spawn(async move { req.send().await.map(|r| r.status()).ok() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+        server.kill();
+        let mut acknowledged = Vec::new();
+        for (id, task) in doomed.iter().zip(deletes) {
+            if task.await.unwrap() == Some(StatusCode::NO_CONTENT) {
+                acknowledged.push(id.clone());
+            }
+        }
+
+        let restarted = Proc::start(dir.path(), &[]);
+        wait_until_idle(dir.path()).await;
+        let db = open_db(dir.path()).await;
+        for (i, id) in ids.iter().enumerate() {
+            let (conversations, events, assets) = rows_of(&db, id).await;
+            let receipt: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?")
+                    .bind(id)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            let blob = recording_path(dir.path(), id).exists();
+            let marker = !files_containing(dir.path(), format!("MARK-{round}-{i}-x").as_bytes()).is_empty();
+            let whole = conversations == 1 && events >= 3 && assets == 1 && blob && receipt == 0 && marker;
+            let gone = conversations == 0 && events == 0 && assets == 0 && !blob && receipt == 1 && !marker;
+            assert!(
+                whole || gone,
+                "round {round}: {id} is half deleted: rows {conversations}/{events}/{assets}, blob {blob}, receipt {receipt}, marker {marker}"
+            );
+            if acknowledged.contains(id) {
+                assert!(gone, "round {round}: {id} was acknowledged but not erased");
+            }
+            if bystanders.contains(id) {
+                assert!(whole, "round {round}: bystander {id} lost data");
+            }
+        }
+        db.close().await;
+        drop(restarted);
+    }
+}

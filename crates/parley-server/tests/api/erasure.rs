@@ -1,0 +1,79 @@
+//! A hard delete leaves no byte of the conversation's content in any file of the data directory.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{TestApp, files_containing, recording_path};
+
+#[tokio::test]
+async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
+    let app = TestApp::spawn().await;
+    let marker = "MARKER-7f3c9a1e-erase-me";
+    let id = app
+        .ended(json!({
+            "persona_id": "pdac61133ac5",
+            "conversation_name": "erasure",
+            "conversational_context": format!("The secret word is {marker}."),
+            "custom_greeting": format!("Hello {marker}"),
+            "properties": { "enable_recording": true },
+        }))
+        .await;
+    // A neighbour that must survive, with its own marker.
+    let survivor = "SURVIVOR-5d1e-keep-me";
+    let keep = app.ended(json!({ "conversational_context": survivor })).await;
+
+    // The marker is in the transcript and on disk before: the test can fail.
+    let (_, verbose) = app
+        .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
+        .await;
+    let transcript = verbose["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_type"] == "application.transcription_ready")
+        .expect("a transcript event")
+        .to_string();
+    assert!(transcript.contains(marker));
+    assert!(!files_containing(app.data_dir(), marker.as_bytes()).is_empty());
+    assert!(recording_path(app.data_dir(), &id).exists());
+
+    let (status, _) = app
+        .call(Method::DELETE, &format!("/v2/conversations/{id}?hard=true"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.wait_for_jobs().await;
+
+    let left = files_containing(app.data_dir(), marker.as_bytes());
+    assert!(left.is_empty(), "the marker survives in {left:?}");
+    assert!(
+        files_containing(app.data_dir(), id.as_bytes())
+            .iter()
+            .all(|p| p.ends_with("parley.db") || p.ends_with("parley.db-wal")),
+        "only the receipt and job rows may name the id"
+    );
+    assert!(!recording_path(app.data_dir(), &id).exists());
+    // Nothing else is lost: the neighbour's content is still there, in the API and on disk.
+    let (_, other) = app
+        .call(Method::GET, &format!("/v2/conversations/{keep}?verbose=true"))
+        .await;
+    assert!(other.to_string().contains(survivor));
+    assert!(!files_containing(app.data_dir(), survivor.as_bytes()).is_empty());
+
+    // Also after a restart (the WAL is replayed on open): still gone.
+    let dir = app.stop().await;
+    assert!(files_containing(dir.path(), marker.as_bytes()).is_empty());
+}
+
+#[tokio::test]
+async fn soft_delete_keeps_the_content_on_disk() {
+    let app = TestApp::spawn().await;
+    let marker = "MARKER-soft-2b8e";
+    let id = app
+        .ended(json!({ "conversational_context": marker, "properties": { "enable_recording": true } }))
+        .await;
+    let (status, _) = app.call(Method::DELETE, &format!("/v2/conversations/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.wait_for_jobs().await;
+    assert!(!files_containing(app.data_dir(), marker.as_bytes()).is_empty());
+    assert!(recording_path(app.data_dir(), &id).exists());
+}
