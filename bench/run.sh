@@ -54,7 +54,11 @@ stop_pid() {
 }
 
 cleanup() {
-    local pid
+    local status=$? pid
+    if ((status != 0)) && [[ -s $WORK/parley.log ]]; then
+        log "parley's log ended with:"
+        tail -n 20 "$WORK/parley.log" >&2
+    fi
     for pid in "${PIDS[@]}"; do
         stop_pid "$pid"
     done
