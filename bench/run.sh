@@ -54,10 +54,15 @@ stop_pid() {
 }
 
 cleanup() {
-    local status=$? pid
+    local status=$? pid code
     if ((status != 0)) && [[ -s $WORK/parley.log ]]; then
         log "parley's log ended with:"
         tail -n 20 "$WORK/parley.log" >&2
+        if [[ -n ${PARLEY_PID:-} ]] && ! kill -0 "$PARLEY_PID" 2>/dev/null; then
+            code=0
+            wait "$PARLEY_PID" || code=$?
+            log "parley is no longer running: it exited with status $code"
+        fi
     fi
     for pid in "${PIDS[@]}"; do
         stop_pid "$pid"
@@ -177,6 +182,7 @@ DATA=$WORK/data
 start_server parley env NO_COLOR=1 "$PARLEY" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
     --max-concurrent-conversations 1000000 --replica-join-delay 0s --log warn
 PARLEY_ADDR=$ADDR
+PARLEY_PID=$PID
 KEY=$(grep -m1 -oE 'API key [0-9a-f]{32}' "$WORK/parley.log" | awk '{print $3}') ||
     die "no API key in parley's output"
 

@@ -16,7 +16,7 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         http.method = %method,
         http.path = %path,
         http.status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         "request"
     );
     response
