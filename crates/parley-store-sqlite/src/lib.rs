@@ -427,7 +427,7 @@ impl ConversationStore for SqliteStore {
             " FROM conversation WHERE conversation_id = ?"
         ))
         .bind(id.as_str())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.readers)
         .await
         .map_err(map_err)?;
         row.as_ref().map(row_to_conversation).transpose()

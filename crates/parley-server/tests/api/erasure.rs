@@ -77,3 +77,37 @@ async fn soft_delete_keeps_the_content_on_disk() {
     assert!(!files_containing(app.data_dir(), marker.as_bytes()).is_empty());
     assert!(recording_path(app.data_dir(), &id).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_holds_when_pages_split_and_merge_around_the_deleted_rows() {
+    let app = TestApp::spawn_with(|c| c.max_concurrent_conversations = 10_000).await;
+    // Enough rows, of mixed sizes, that SQLite splits, rebalances and reuses pages between them.
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        // Some rows spill into overflow pages.
+        let padding = "p".repeat((i * 53) % 6000);
+        let context = format!("CTX-{i:04}-secret {padding}");
+        let body = json!({ "conversational_context": context, "test_mode": i % 2 == 0 });
+        ids.push(app.create(body).await);
+    }
+    let doomed: Vec<usize> = (0..150).filter(|i| i % 3 != 1).collect();
+    for &i in &doomed {
+        let (status, _) = app
+            .call(Method::DELETE, &format!("/v2/conversations/{}?hard=true", ids[i]))
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    app.wait_for_jobs().await;
+    for i in 0..150 {
+        let marker = format!("CTX-{i:04}-secret");
+        let found = files_containing(app.data_dir(), marker.as_bytes());
+        if doomed.contains(&i) {
+            assert!(
+                found.is_empty(),
+                "{marker} of an erased conversation survives in {found:?}"
+            );
+        } else {
+            assert!(!found.is_empty(), "{marker} of a kept conversation is missing");
+        }
+    }
+}
