@@ -77,6 +77,17 @@ pub struct Conversation {
     pub ended_at: Option<Timestamp>,
     pub shutdown_reason: Option<String>,
     pub deleted_at: Option<Timestamp>,
+    /// Seconds from creation after which the call ends.
+    pub max_call_duration: u32,
+    /// Seconds after the room empties before the call ends.
+    pub participant_left_timeout: u32,
+    /// Seconds from creation before a call nobody joined ends; 0 turns the timer off.
+    pub participant_absent_timeout: u32,
+    /// People in the room now.
+    pub participants_present: u32,
+    pub participant_joined_at: Option<Timestamp>,
+    /// When the room last became empty.
+    pub participant_left_at: Option<Timestamp>,
 }
 
 impl Conversation {

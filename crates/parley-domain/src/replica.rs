@@ -159,6 +159,12 @@ mod tests {
             ended_at: Some(Timestamp::from_micros(13_000_000)),
             shutdown_reason: None,
             deleted_at: None,
+            max_call_duration: 3600,
+            participant_left_timeout: 0,
+            participant_absent_timeout: 300,
+            participants_present: 0,
+            participant_joined_at: None,
+            participant_left_at: None,
         }
     }
 

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ServeConfig, StoreConfig};
 use crate::state::{AppState, Settings};
+use crate::webhook::{self, WebhookSettings};
 use crate::{http, jobs, keys};
 
 /// The account made on first start.
@@ -27,7 +28,7 @@ pub struct Server {
     state: AppState,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
-    jobs: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
     /// Held while serving: one server per data directory.
     _lock: std::fs::File,
 }
@@ -91,12 +92,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         max_body_bytes: config.max_body_bytes,
         run_jobs: config.run_jobs,
         job_poll_interval: config.job_poll_interval,
+        webhooks: WebhookSettings {
+            timeout: config.webhook_timeout,
+            retry_base: config.webhook_retry_base,
+            retry_for: config.webhook_retry_for,
+            max_in_flight: config.webhook_max_in_flight,
+            deny_private: config.webhook_deny_private,
+        },
+        unjoinable_replicas: config.unjoinable_replicas.clone(),
     };
     let state = AppState::new(store, blobs, settings);
     let (stop, stopped) = watch::channel(false);
-    let jobs = config
-        .run_jobs
-        .then(|| tokio::spawn(jobs::run(state.clone(), stopped.clone())));
+    let mut workers = Vec::new();
+    if config.run_jobs {
+        workers.push(tokio::spawn(jobs::run(state.clone(), stopped.clone())));
+        let client = webhook::client().context("building the webhook HTTP client")?;
+        workers.push(tokio::spawn(webhook::run(state.clone(), client, stopped.clone())));
+    }
     let app = http::router(state.clone());
     let mut stopped_http = stopped;
     let http = tokio::spawn(async move {
@@ -112,7 +124,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         state,
         stop,
         http,
-        jobs,
+        workers,
         _lock: lock,
     })
 }
@@ -144,8 +156,8 @@ impl Server {
             .await
             .context("joining the HTTP task")?
             .context("serving HTTP")?;
-        if let Some(jobs) = self.jobs {
-            jobs.await.context("joining the job runner")?;
+        for worker in self.workers {
+            worker.await.context("joining a background runner")?;
         }
         self.state.store.close().await;
         Ok(())

@@ -4,9 +4,11 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use parley_domain::{ConversationId, Timestamp};
+use parley_store::DeliveryFilter;
+use rand::RngCore;
 
 use crate::app::{create_key, open_store};
-use crate::config::{AccountsCommand, ConversationsCommand, KeysCommand, StoreConfig};
+use crate::config::{AccountsCommand, ConversationsCommand, KeysCommand, StoreConfig, WebhooksCommand};
 
 /// `parley keys …`
 pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
@@ -112,6 +114,83 @@ pub async fn conversations(command: ConversationsCommand) -> anyhow::Result<()> 
                 bail!("{id} is not a soft-deleted conversation (hard-deleted ones cannot come back)");
             }
             eprintln!("restored {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `parley webhooks …`
+pub async fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
+    match command {
+        WebhooksCommand::List {
+            store,
+            conversation,
+            failed,
+        } => {
+            let db = open_store(&store).await?;
+            let filter = DeliveryFilter {
+                conversation_id: conversation.as_deref(),
+                failed_only: failed,
+            };
+            let deliveries = db.list_deliveries(filter).await?;
+            db.close().await;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<18} {:<19} {:<32} {:<10} {:>8} {:<28} LAST_ERROR",
+                "DELIVERY_ID", "CONVERSATION_ID", "EVENT_TYPE", "STATUS", "ATTEMPTS", "NEXT_ATTEMPT_AT"
+            )?;
+            for d in deliveries {
+                let next = if d.status == "pending" {
+                    d.next_attempt_at.to_string()
+                } else {
+                    "-".into()
+                };
+                writeln!(
+                    out,
+                    "{:<18} {:<19} {:<32} {:<10} {:>8} {:<28} {}",
+                    d.id,
+                    d.conversation_id,
+                    d.event_type,
+                    d.status,
+                    d.attempts,
+                    next,
+                    d.last_error.unwrap_or_default()
+                )?;
+            }
+        }
+        WebhooksCommand::Retry { store, delivery_id } => {
+            let db = open_store(&store).await?;
+            let found = db.retry_delivery(&delivery_id, Timestamp::now()).await?;
+            db.close().await;
+            if !found {
+                bail!("no delivery with id {delivery_id:?}");
+            }
+            eprintln!("queued {delivery_id} again");
+        }
+        WebhooksCommand::Secret {
+            store,
+            account,
+            clear,
+        } => {
+            let db = open_store(&store).await?;
+            let secret = (!clear).then(|| {
+                let mut bytes = [0u8; 32];
+                rand::rng().fill_bytes(&mut bytes);
+                format!("whsec_{}", hex::encode(bytes))
+            });
+            let found = db.set_webhook_secret(&account, secret.as_deref()).await?;
+            db.close().await;
+            if !found {
+                bail!("no account named {account:?}");
+            }
+            match secret {
+                Some(secret) => {
+                    println!("{secret}");
+                    eprintln!("deliveries for {account:?} are now signed (X-Parley-Signature)");
+                }
+                None => eprintln!("deliveries for {account:?} are no longer signed"),
+            }
         }
     }
     Ok(())

@@ -28,6 +28,9 @@ pub enum Command {
     /// Operator actions on conversations.
     #[command(subcommand)]
     Conversations(ConversationsCommand),
+    /// Inspect and retry webhook deliveries; manage signing secrets.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// List erasure receipts of hard-deleted conversations.
     Receipts {
         #[command(flatten)]
@@ -85,6 +88,38 @@ pub enum AccountsCommand {
         /// Days a soft-deleted conversation stays recoverable.
         #[arg(long)]
         retention_days: Option<u32>,
+    },
+}
+
+/// `parley webhooks …`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List deliveries with their attempts and last error.
+    List {
+        #[command(flatten)]
+        store: StoreConfig,
+        /// Only this conversation's deliveries.
+        #[arg(long)]
+        conversation: Option<String>,
+        /// Only deliveries that were given up.
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Queue a delivery again now, with a fresh retry window.
+    Retry {
+        #[command(flatten)]
+        store: StoreConfig,
+        delivery_id: String,
+    },
+    /// Make a signing secret for an account's webhooks and print it alone on stdout.
+    Secret {
+        #[command(flatten)]
+        store: StoreConfig,
+        #[arg(long)]
+        account: String,
+        /// Remove the secret instead: deliveries go unsigned.
+        #[arg(long)]
+        clear: bool,
     },
 }
 
@@ -165,6 +200,30 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_JOB_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub job_poll_interval: Duration,
 
+    /// Per-attempt timeout of a webhook delivery.
+    #[arg(long, env = "PARLEY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Delay before the first webhook retry; each later one doubles, with jitter, up to an hour.
+    #[arg(long, env = "PARLEY_WEBHOOK_RETRY_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub webhook_retry_base: Duration,
+
+    /// How long a failing webhook keeps being retried before it is given up.
+    #[arg(long, env = "PARLEY_WEBHOOK_RETRY_FOR", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_retry_for: Duration,
+
+    /// Webhook attempts in flight at once, across all receivers.
+    #[arg(long, env = "PARLEY_WEBHOOK_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub webhook_max_in_flight: usize,
+
+    /// Refuse callback URLs on loopback, private and link-local addresses (at create and at each delivery).
+    #[arg(long, env = "PARLEY_WEBHOOK_DENY_PRIVATE", default_value_t = false, action = ArgAction::Set)]
+    pub webhook_deny_private: bool,
+
+    /// Replica ids that fail to join, to exercise `bot_could_not_join_meeting_it_was_probably_ended`.
+    #[arg(long, env = "PARLEY_UNJOINABLE_REPLICAS", value_delimiter = ',')]
+    pub unjoinable_replicas: Vec<String>,
+
     /// Log filter, in `tracing` env-filter syntax.
     #[arg(long, env = "PARLEY_LOG", default_value = "info")]
     pub log: String,
@@ -185,6 +244,12 @@ impl ServeConfig {
             max_body_bytes: 1 << 20,
             run_jobs: true,
             job_poll_interval: Duration::from_millis(50),
+            webhook_timeout: Duration::from_secs(2),
+            webhook_retry_base: Duration::from_millis(50),
+            webhook_retry_for: Duration::from_secs(24 * 3600),
+            webhook_max_in_flight: 32,
+            webhook_deny_private: false,
+            unjoinable_replicas: Vec::new(),
             log: "warn".into(),
         }
     }

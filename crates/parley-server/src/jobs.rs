@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 use parley_blobs::BlobKey;
 use parley_domain::replica::{self, RecordingLocation};
-use parley_domain::{ConversationId, Event, Timestamp};
-use parley_store::{Asset, DeleteScope, HardDeleteOutcome, Job, JobKind};
+use parley_domain::{ConversationId, Event, ShutdownReason, Status, Timestamp};
+use parley_store::{Asset, DeleteScope, EndOutcome, HardDeleteOutcome, Job, JobKind};
 use tokio::sync::watch;
 
 use crate::state::AppState;
@@ -67,6 +67,8 @@ pub async fn run_claimed(state: &AppState, job: Job) {
     let started = std::time::Instant::now();
     match execute(state, &job).await {
         Ok(()) => {
+            // A job may have written events; their deliveries can go now.
+            state.wake_deliveries.notify_one();
             if let Err(e) = state.store.complete_job(job.id).await {
                 tracing::warn!(job.id = job.id, error = %e, "completing job failed; it will run again");
             }
@@ -104,11 +106,38 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
     let id = &job.conversation_id;
     match job.kind {
         JobKind::JoinReplica => {
-            if let Some(c) = state.store.load_conversation(id).await? {
-                let event = Event::replica_joined(Timestamp::now(), &c.replica_id);
-                state.store.record_join(id, &event).await?;
+            let Some(c) = state.store.load_conversation(id).await? else {
+                return Ok(());
+            };
+            if state.settings.unjoinable_replicas.contains(&c.replica_id) {
+                return end_call(state, id, ShutdownReason::BotCouldNotJoin).await;
             }
+            let event = Event::replica_joined(Timestamp::now(), &c.replica_id);
+            state.store.record_join(id, &event).await?;
             Ok(())
+        }
+        JobKind::MaxDurationTimer => end_call(state, id, ShutdownReason::MaxCallDuration).await,
+        JobKind::AbsentTimer => {
+            match state.store.load_conversation(id).await? {
+                // Someone joined in time: the timer has nothing to do.
+                Some(c) if c.status == Status::Active && c.participant_joined_at.is_none() => {
+                    end_call(state, id, ShutdownReason::ParticipantAbsentTimeout).await
+                }
+                _ => Ok(()),
+            }
+        }
+        JobKind::LeftTimer => {
+            match state.store.load_conversation(id).await? {
+                // Only if nobody came back since the room emptied at the moment this timer belongs to.
+                Some(c)
+                    if c.status == Status::Active
+                        && c.participants_present == 0
+                        && c.participant_left_at == job.not_before =>
+                {
+                    end_call(state, id, ShutdownReason::ParticipantLeftTimeout).await
+                }
+                _ => Ok(()),
+            }
         }
         JobKind::Finalize => finalize(state, id).await,
         JobKind::Purge => purge(state, id).await,
@@ -129,6 +158,20 @@ async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Ends a call from a timer or a failed join; a call already over is left as it is.
+async fn end_call(state: &AppState, id: &ConversationId, reason: ShutdownReason) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    let outcome = state
+        .store
+        .end_conversation(None, id, reason.as_str(), now, inline_lease(state))
+        .await?;
+    if let EndOutcome::Ended { finalize, .. } = outcome {
+        tracing::info!(conversation.id = %id, shutdown_reason = reason.as_str(), "conversation ended");
+        Box::pin(run_if_claimed(state, finalize)).await;
+    }
+    Ok(())
 }
 
 /// Removes a hard-deleted conversation's blobs and the database's copies of its erased rows.

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod keys;
 pub mod service;
 pub mod state;
+pub mod webhook;
 
 pub use app::{Server, start};
 pub use config::ServeConfig;

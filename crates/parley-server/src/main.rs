@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Keys(c) => cli::keys(c).await,
         Command::Accounts(c) => cli::accounts(c).await,
         Command::Conversations(c) => cli::conversations(c).await,
+        Command::Webhooks(c) => cli::webhooks(c).await,
         Command::Receipts { store, account } => cli::receipts(store, account).await,
         Command::Jobs { store } => cli::jobs(store).await,
     }

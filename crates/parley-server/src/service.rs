@@ -5,12 +5,12 @@ use parley_domain::{
     Conversation, ConversationId, NewConversation, ShutdownReason, Status, Timestamp, ValidationError,
 };
 use parley_store::{
-    Account, DeleteScope, EndOutcome, HardDeleteOutcome, SoftDeleteOutcome, StoreError, StoredEvent,
+    Account, DeleteScope, EndOutcome, HardDeleteOutcome, JobKind, SoftDeleteOutcome, StoreError, StoredEvent,
 };
 use rand::RngCore;
 
-use crate::jobs;
 use crate::state::AppState;
+use crate::{jobs, webhook};
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +77,43 @@ pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8
         ended_at: new.test_mode.then_some(now),
         shutdown_reason: None,
         deleted_at: None,
+        max_call_duration: new.max_call_duration,
+        participant_left_timeout: new.participant_left_timeout,
+        participant_absent_timeout: new.participant_absent_timeout,
+        participants_present: 0,
+        participant_joined_at: None,
+        participant_left_at: None,
     };
+    if state.settings.webhooks.deny_private
+        && let Some(url) = &conversation.callback_url
+    {
+        webhook::check_public(url)
+            .await
+            .map_err(|why| ValidationError(format!("Invalid callback_url: {why}")))?;
+    }
     let join_delay = state.settings.replica_join_delay;
-    let join_at = (!new.test_mode).then(|| now.plus_millis(join_delay.as_millis() as i64));
+    let mut jobs = Vec::new();
+    if !new.test_mode {
+        jobs.push((
+            JobKind::JoinReplica,
+            now.plus_millis(join_delay.as_millis() as i64),
+        ));
+        jobs.push((
+            JobKind::MaxDurationTimer,
+            now.plus_secs(i64::from(new.max_call_duration)),
+        ));
+        // 0 turns the absent timer off rather than ending every call at once.
+        if new.participant_absent_timeout > 0 {
+            jobs.push((
+                JobKind::AbsentTimer,
+                now.plus_secs(i64::from(new.participant_absent_timeout)),
+            ));
+        }
+    }
     let cap = state.settings.max_concurrent_for(account);
     let mut attempts = 0;
     loop {
-        match state.store.create_conversation(&conversation, cap, join_at).await {
+        match state.store.create_conversation(&conversation, cap, &jobs).await {
             // 64 random bits make a collision all but impossible; if one happens, draw again.
             Err(StoreError::Conflict(_)) if attempts < 3 => {
                 attempts += 1;
@@ -92,7 +122,7 @@ pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8
             other => break other?,
         }
     }
-    if join_at.is_some() && join_delay.is_zero() {
+    if !new.test_mode && join_delay.is_zero() {
         state.wake_jobs.notify_one();
     }
     tracing::info!(conversation.id = %conversation.id, account = %account.name, "conversation created");
@@ -160,6 +190,7 @@ pub async fn end_conversation(
         } => {
             tracing::info!(conversation.id = %id, shutdown_reason = reason, "conversation ended");
             jobs::run_if_claimed(state, finalize).await;
+            state.wake_deliveries.notify_one();
             Ok(conversation)
         }
     }
@@ -193,6 +224,7 @@ pub async fn delete_conversation(
                 );
                 // Purge before answering when we can; the job row makes it happen regardless.
                 jobs::run_if_claimed(state, purge).await;
+                state.wake_deliveries.notify_one();
                 Ok(())
             }
         };
@@ -204,7 +236,10 @@ pub async fn delete_conversation(
         let purge_at = now.plus_millis(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         match state.store.soft_delete(&account.name, id, now, purge_at).await? {
             SoftDeleteOutcome::NotFound => return Err(ServiceError::InvalidConversationId),
-            SoftDeleteOutcome::Deleted | SoftDeleteOutcome::AlreadyDeleted => return Ok(()),
+            SoftDeleteOutcome::Deleted | SoftDeleteOutcome::AlreadyDeleted => {
+                state.wake_deliveries.notify_one();
+                return Ok(());
+            }
             SoftDeleteOutcome::StillActive => {
                 let reason = ShutdownReason::Deleted.as_str();
                 match state

@@ -9,6 +9,8 @@ use parley_domain::Limits;
 use parley_store::{Account, ConversationStore};
 use tokio::sync::Notify;
 
+use crate::webhook::WebhookSettings;
+
 /// Settings that shape behaviour, resolved once at startup.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -22,6 +24,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub run_jobs: bool,
     pub job_poll_interval: Duration,
+    pub webhooks: WebhookSettings,
+    /// Replicas the simulated replica cannot join with.
+    pub unjoinable_replicas: Vec<String>,
 }
 
 impl Settings {
@@ -49,6 +54,8 @@ pub struct Inner {
     pub settings: Settings,
     /// Wakes the job runner when work is due now.
     pub wake_jobs: Notify,
+    /// Wakes the webhook runner when a delivery may be due now.
+    pub wake_deliveries: Notify,
 }
 
 impl AppState {
@@ -59,6 +66,7 @@ impl AppState {
             blobs,
             settings,
             wake_jobs: Notify::new(),
+            wake_deliveries: Notify::new(),
         }))
     }
 }

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parley_domain::{Conversation, ConversationId, Event, Status, Timestamp};
+use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp};
 use parley_store::{
-    Account, Asset, ConversationStore, DeleteScope, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job,
-    JobId, JobInfo, JobKind, KeyInfo, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
+    ErasureReceipt, HardDeleteOutcome, Job, JobId, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
+    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -26,7 +27,9 @@ macro_rules! columns {
     () => {
         "conversation_id, account_id, status, conversation_name, callback_url, \
          replica_id, persona_id, conversational_context, custom_greeting, test_mode, enable_recording, \
-         meeting_token, request_json, created_at, updated_at, joined_at, ended_at, shutdown_reason, deleted_at"
+         meeting_token, request_json, created_at, updated_at, joined_at, ended_at, shutdown_reason, deleted_at, \
+         max_call_duration, participant_left_timeout, participant_absent_timeout, participants_present, \
+         participant_joined_at, participant_left_at"
     };
 }
 
@@ -143,6 +146,12 @@ fn row_to_conversation(row: &SqliteRow) -> StoreResult<Conversation> {
         ended_at: ts(row.get("ended_at")),
         shutdown_reason: row.get("shutdown_reason"),
         deleted_at: ts(row.get("deleted_at")),
+        max_call_duration: row.get("max_call_duration"),
+        participant_left_timeout: row.get("participant_left_timeout"),
+        participant_absent_timeout: row.get("participant_absent_timeout"),
+        participants_present: row.get("participants_present"),
+        participant_joined_at: ts(row.get("participant_joined_at")),
+        participant_left_at: ts(row.get("participant_left_at")),
     })
 }
 
@@ -159,9 +168,41 @@ fn row_to_job(row: &SqliteRow) -> StoreResult<Job> {
     })
 }
 
+/// Where a conversation's events go.
+struct Target {
+    account: String,
+    callback_url: Option<String>,
+    test_mode: bool,
+}
+
+impl Target {
+    fn of(c: &Conversation) -> Self {
+        Self {
+            account: c.account.clone(),
+            callback_url: c.callback_url.clone(),
+            test_mode: c.test_mode,
+        }
+    }
+}
+
+async fn target(tx: &mut sqlx::SqliteConnection, id: &ConversationId) -> Result<Option<Target>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT account_id, callback_url, test_mode FROM conversation WHERE conversation_id = ?")
+            .bind(id.as_str())
+            .fetch_optional(tx)
+            .await?;
+    Ok(row.map(|r| Target {
+        account: r.get(0),
+        callback_url: r.get(1),
+        test_mode: r.get(2),
+    }))
+}
+
+/// Stores an event and, when the conversation has a callback URL, its delivery: one transaction.
 async fn insert_event(
     tx: &mut sqlx::SqliteConnection,
     id: &ConversationId,
+    target: &Target,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -172,6 +213,33 @@ async fn insert_event(
     .bind(event.event_type.message_type())
     .bind(event.timestamp.as_micros())
     .bind(event.properties.to_string())
+    .execute(&mut *tx)
+    .await?;
+    let Some(url) = target.callback_url.as_deref().filter(|_| !target.test_mode) else {
+        return Ok(());
+    };
+    let payload = Event::envelope(
+        event.event_type.as_str(),
+        event.event_type.message_type(),
+        event.timestamp,
+        event.properties.clone(),
+        id,
+        Some(url),
+    );
+    sqlx::query(
+        "INSERT INTO delivery (delivery_id, conversation_id, account_id, event_type, carries_content, url, \
+         payload, next_attempt_at, retry_from, created_at) \
+         VALUES ('d' || lower(hex(randomblob(8))), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id.as_str())
+    .bind(&target.account)
+    .bind(event.event_type.as_str())
+    .bind(event.event_type.carries_content())
+    .bind(url)
+    .bind(payload.to_string())
+    .bind(event.timestamp.as_micros())
+    .bind(event.timestamp.as_micros())
+    .bind(event.timestamp.as_micros())
     .execute(tx)
     .await?;
     Ok(())
@@ -351,7 +419,7 @@ impl ConversationStore for SqliteStore {
         &self,
         c: &Conversation,
         max_active: u32,
-        join_at: Option<Timestamp>,
+        jobs: &[(JobKind, Timestamp)],
     ) -> StoreResult<()> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
         if c.status == Status::Active && !c.test_mode {
@@ -369,7 +437,7 @@ impl ConversationStore for SqliteStore {
         sqlx::query(concat!(
             "INSERT INTO conversation (",
             columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(c.id.as_str())
         .bind(&c.account)
@@ -390,11 +458,17 @@ impl ConversationStore for SqliteStore {
         .bind(c.ended_at.map(Timestamp::as_micros))
         .bind(&c.shutdown_reason)
         .bind(c.deleted_at.map(Timestamp::as_micros))
+        .bind(c.max_call_duration)
+        .bind(c.participant_left_timeout)
+        .bind(c.participant_absent_timeout)
+        .bind(c.participants_present)
+        .bind(c.participant_joined_at.map(Timestamp::as_micros))
+        .bind(c.participant_left_at.map(Timestamp::as_micros))
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        if let Some(at) = join_at {
-            insert_job(&mut tx, JobKind::JoinReplica, &c.id, at, None, c.created_at)
+        for (kind, at) in jobs {
+            insert_job(&mut tx, *kind, &c.id, *at, None, c.created_at)
                 .await
                 .map_err(map_err)?;
         }
@@ -522,7 +596,10 @@ impl ConversationStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_event(&mut tx, id, event).await.map_err(map_err)?;
+        let Some(to) = target(&mut tx, id).await.map_err(map_err)? else {
+            return Ok(false);
+        };
+        insert_event(&mut tx, id, &to, event).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -574,14 +651,18 @@ impl ConversationStore for SqliteStore {
         .await
         .map_err(map_err)?;
         let shutdown = Event::shutdown(now, &conversation.replica_id, reason);
-        insert_event(&mut tx, id, &shutdown).await.map_err(map_err)?;
-        // A replica that has not joined yet never will.
-        sqlx::query("DELETE FROM job WHERE conversation_id = ? AND kind = ?")
-            .bind(id.as_str())
-            .bind(JobKind::JoinReplica.as_str())
-            .execute(&mut *tx)
+        insert_event(&mut tx, id, &Target::of(&conversation), &shutdown)
             .await
             .map_err(map_err)?;
+        // A replica that has not joined yet never will, and the call's timers have nothing left to end.
+        sqlx::query(
+            "DELETE FROM job WHERE conversation_id = ? \
+             AND kind IN ('join_replica', 'max_duration_timer', 'absent_timer', 'left_timer')",
+        )
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
         let finalize = insert_claimed_job(&mut tx, JobKind::Finalize, id, now, lease_until)
             .await
             .map_err(map_err)?;
@@ -603,15 +684,9 @@ impl ConversationStore for SqliteStore {
         asset: Option<&Asset>,
     ) -> StoreResult<bool> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM conversation WHERE conversation_id = ?)")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        if !exists {
+        let Some(to) = target(&mut tx, id).await.map_err(map_err)? else {
             return Ok(false);
-        }
+        };
         // A retried finalize must not store its events twice.
         let done_before: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM event WHERE conversation_id = ? AND event_type = 'application.transcription_ready')",
@@ -622,7 +697,7 @@ impl ConversationStore for SqliteStore {
         .map_err(map_err)?;
         if !done_before {
             for event in events {
-                insert_event(&mut tx, id, event).await.map_err(map_err)?;
+                insert_event(&mut tx, id, &to, event).await.map_err(map_err)?;
             }
         }
         if let Some(a) = asset {
@@ -735,17 +810,21 @@ impl ConversationStore for SqliteStore {
         lease_until: Option<Timestamp>,
     ) -> StoreResult<HardDeleteOutcome> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
-        let row =
-            sqlx::query("SELECT account_id, status, deleted_at FROM conversation WHERE conversation_id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM conversation WHERE conversation_id = ?"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
         let Some(row) = row else {
             return Ok(HardDeleteOutcome::NotFound);
         };
-        let owner: String = row.get(0);
-        let deleted_at: Option<i64> = row.get(2);
+        let conversation = row_to_conversation(&row)?;
+        let owner = conversation.account.clone();
+        let deleted_at = conversation.deleted_at.map(Timestamp::as_micros);
         let reason = match scope {
             DeleteScope::Account(account) if account == owner => "hard_delete",
             DeleteScope::RetentionExpired { deleted_at: at } if deleted_at == Some(at.as_micros()) => {
@@ -753,6 +832,14 @@ impl ConversationStore for SqliteStore {
             }
             _ => return Ok(HardDeleteOutcome::NotFound),
         };
+        if conversation.status == Status::Active {
+            // Ended first: the shutdown is written with its delivery, which outlives the erasure
+            // below (it carries no content), so the receiver learns the call is over.
+            let shutdown = Event::shutdown(now, &conversation.replica_id, ShutdownReason::Deleted.as_str());
+            insert_event(&mut tx, id, &Target::of(&conversation), &shutdown)
+                .await
+                .map_err(map_err)?;
+        }
         let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event WHERE conversation_id = ?")
             .bind(id.as_str())
             .fetch_one(&mut *tx)
@@ -767,8 +854,11 @@ impl ConversationStore for SqliteStore {
         for sql in [
             "DELETE FROM event WHERE conversation_id = ?",
             "DELETE FROM asset WHERE conversation_id = ?",
+            "DELETE FROM participant WHERE conversation_id = ?",
+            // Unsent deliveries without content (joined, shutdown) are still sent; the rest go.
+            "DELETE FROM delivery WHERE conversation_id = ? AND (status != 'pending' OR carries_content = 1)",
             // Finalize jobs stay: one in flight must find the conversation gone and remove what it wrote.
-            "DELETE FROM job WHERE conversation_id = ? AND kind IN ('join_replica', 'retention_purge')",
+            "DELETE FROM job WHERE conversation_id = ? AND kind NOT IN ('finalize', 'purge')",
             "DELETE FROM conversation WHERE conversation_id = ?",
         ] {
             sqlx::query(sql)
@@ -805,6 +895,244 @@ impl ConversationStore for SqliteStore {
             .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(HardDeleteOutcome::Deleted { receipt, purge })
+    }
+
+    async fn participant_join(
+        &self,
+        id: &ConversationId,
+        participant_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ParticipantOutcome> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let row =
+            sqlx::query("SELECT status FROM conversation WHERE conversation_id = ? AND deleted_at IS NULL")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(ParticipantOutcome::NotFound);
+        };
+        if row.get::<String, _>(0) != Status::Active.as_str() {
+            return Ok(ParticipantOutcome::Ended);
+        }
+        sqlx::query("INSERT INTO participant (participant_id, conversation_id, joined_at) VALUES (?, ?, ?)")
+            .bind(participant_id)
+            .bind(id.as_str())
+            .bind(now.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let present: i64 = sqlx::query_scalar(
+            "UPDATE conversation SET participants_present = participants_present + 1, \
+             participant_joined_at = COALESCE(participant_joined_at, ?1), updated_at = ?1 \
+             WHERE conversation_id = ?2 RETURNING participants_present",
+        )
+        .bind(now.as_micros())
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(ParticipantOutcome::Done {
+            present: u32::try_from(present).unwrap_or(0),
+        })
+    }
+
+    async fn participant_leave(
+        &self,
+        id: &ConversationId,
+        participant_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ParticipantOutcome> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let row = sqlx::query(
+            "SELECT status, participant_left_timeout FROM conversation WHERE conversation_id = ? AND deleted_at IS NULL",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(ParticipantOutcome::NotFound);
+        };
+        if row.get::<String, _>(0) != Status::Active.as_str() {
+            return Ok(ParticipantOutcome::Ended);
+        }
+        let left_timeout: i64 = row.get(1);
+        let left = sqlx::query(
+            "UPDATE participant SET left_at = ? WHERE participant_id = ? AND conversation_id = ? AND left_at IS NULL",
+        )
+        .bind(now.as_micros())
+        .bind(participant_id)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if left.rows_affected() == 0 {
+            // Unknown or already gone: leaving twice changes nothing.
+            let present: i64 =
+                sqlx::query_scalar("SELECT participants_present FROM conversation WHERE conversation_id = ?")
+                    .bind(id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            return Ok(ParticipantOutcome::Done {
+                present: u32::try_from(present).unwrap_or(0),
+            });
+        }
+        let present: i64 = sqlx::query_scalar(
+            "UPDATE conversation SET participants_present = MAX(participants_present - 1, 0), updated_at = ?1, \
+             participant_left_at = CASE WHEN participants_present <= 1 THEN ?1 ELSE participant_left_at END \
+             WHERE conversation_id = ?2 RETURNING participants_present",
+        )
+        .bind(now.as_micros())
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if present == 0 {
+            // The timer only ends the call if the room is still empty since this very moment.
+            let fire_at = now.plus_secs(left_timeout);
+            insert_job(&mut tx, JobKind::LeftTimer, id, fire_at, Some(now), now)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(ParticipantOutcome::Done {
+            present: u32::try_from(present).unwrap_or(0),
+        })
+    }
+
+    async fn set_webhook_secret(&self, account: &str, secret: Option<&str>) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE account SET webhook_secret = ? WHERE account_id = ?")
+            .bind(secret)
+            .bind(account)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>> {
+        // Only the oldest pending delivery of each conversation is eligible: order per conversation.
+        let rows = sqlx::query(
+            "UPDATE delivery SET locked_until = ?1, attempts = attempts + 1 WHERE delivery_seq IN ( \
+               SELECT d.delivery_seq FROM delivery d \
+               WHERE d.status = 'pending' AND d.next_attempt_at <= ?2 \
+                 AND (d.locked_until IS NULL OR d.locked_until <= ?2) \
+                 AND NOT EXISTS (SELECT 1 FROM delivery e WHERE e.conversation_id = d.conversation_id \
+                                 AND e.status = 'pending' AND e.delivery_seq < d.delivery_seq) \
+               ORDER BY d.next_attempt_at, d.delivery_seq LIMIT ?3) \
+             RETURNING delivery_id, conversation_id, event_type, url, payload, attempts, retry_from, \
+               (SELECT webhook_secret FROM account a WHERE a.account_id = delivery.account_id)",
+        )
+        .bind(lease_until.as_micros())
+        .bind(now.as_micros())
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Delivery {
+                id: r.get(0),
+                conversation_id: r.get(1),
+                event_type: r.get(2),
+                url: r.get(3),
+                payload: r.get(4),
+                attempts: u32::try_from(r.get::<i64, _>(5)).unwrap_or(u32::MAX),
+                retry_from: Timestamp::from_micros(r.get(6)),
+                signing_secret: r.get(7),
+            })
+            .collect())
+    }
+
+    async fn delivery_succeeded(&self, id: &str, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        sqlx::query(
+            "UPDATE delivery SET status = 'delivered', finished_at = ?, locked_until = NULL, last_error = NULL \
+             WHERE delivery_id = ?",
+        )
+        .bind(now.as_micros())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        // What was still owed to the receiver of a hard-deleted conversation is not kept once sent.
+        sqlx::query(
+            "DELETE FROM delivery WHERE delivery_id = ? AND NOT EXISTS \
+             (SELECT 1 FROM conversation c WHERE c.conversation_id = delivery.conversation_id)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn delivery_failed(&self, id: &str, error: &str, retry_at: Option<Timestamp>) -> StoreResult<()> {
+        let sql = if retry_at.is_some() {
+            "UPDATE delivery SET next_attempt_at = ?, last_error = ?, locked_until = NULL WHERE delivery_id = ?"
+        } else {
+            "UPDATE delivery SET finished_at = ?, last_error = ?, locked_until = NULL, status = 'failed' \
+             WHERE delivery_id = ?"
+        };
+        let at = retry_at.unwrap_or_else(Timestamp::now);
+        sqlx::query(sql)
+            .bind(at.as_micros())
+            .bind(error)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, filter: DeliveryFilter<'_>) -> StoreResult<Vec<DeliveryInfo>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id, conversation_id, event_type, url, status, attempts, next_attempt_at, last_error, \
+             created_at, finished_at FROM delivery \
+             WHERE (?1 IS NULL OR conversation_id = ?1) AND (?2 = 0 OR status = 'failed') ORDER BY delivery_seq",
+        )
+        .bind(filter.conversation_id)
+        .bind(filter.failed_only)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeliveryInfo {
+                id: r.get(0),
+                conversation_id: r.get(1),
+                event_type: r.get(2),
+                url: r.get(3),
+                status: r.get(4),
+                attempts: u32::try_from(r.get::<i64, _>(5)).unwrap_or(u32::MAX),
+                next_attempt_at: Timestamp::from_micros(r.get(6)),
+                last_error: r.get(7),
+                created_at: Timestamp::from_micros(r.get(8)),
+                finished_at: ts(r.get(9)),
+            })
+            .collect())
+    }
+
+    async fn retry_delivery(&self, id: &str, now: Timestamp) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE delivery SET status = 'pending', next_attempt_at = ?1, retry_from = ?1, finished_at = NULL, \
+             locked_until = NULL WHERE delivery_id = ?2",
+        )
+        .bind(now.as_micros())
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>> {

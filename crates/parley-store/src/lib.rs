@@ -131,6 +131,12 @@ pub enum JobKind {
     Purge,
     /// A soft-deleted conversation past its retention window is hard-deleted.
     RetentionPurge,
+    /// `max_call_duration` is reached.
+    MaxDurationTimer,
+    /// `participant_absent_timeout` is reached (only ends a call nobody joined).
+    AbsentTimer,
+    /// `participant_left_timeout` after the room emptied (only ends a call still empty since).
+    LeftTimer,
 }
 
 impl JobKind {
@@ -141,6 +147,9 @@ impl JobKind {
             Self::Finalize => "finalize",
             Self::Purge => "purge",
             Self::RetentionPurge => "retention_purge",
+            Self::MaxDurationTimer => "max_duration_timer",
+            Self::AbsentTimer => "absent_timer",
+            Self::LeftTimer => "left_timer",
         }
     }
 
@@ -178,6 +187,57 @@ pub struct JobInfo {
     pub run_at: Timestamp,
     pub attempts: u32,
     pub last_error: Option<String>,
+}
+
+/// A claimed webhook delivery.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Stable across attempts; receivers use it to drop duplicates.
+    pub id: String,
+    pub conversation_id: String,
+    pub event_type: String,
+    pub url: String,
+    /// The JSON envelope, exactly as sent on every attempt.
+    pub payload: String,
+    /// Attempts so far, including this one.
+    pub attempts: u32,
+    /// Start of the retry window.
+    pub retry_from: Timestamp,
+    /// The account's signing secret, if it has one.
+    pub signing_secret: Option<String>,
+}
+
+/// A delivery as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct DeliveryInfo {
+    pub id: String,
+    pub conversation_id: String,
+    pub event_type: String,
+    pub url: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryFilter<'a> {
+    pub conversation_id: Option<&'a str>,
+    pub failed_only: bool,
+}
+
+/// What a participant's join did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParticipantOutcome {
+    /// No such conversation (or soft-deleted).
+    NotFound,
+    /// The call is over; nobody can join or leave.
+    Ended,
+    /// Done; this many people are in the room now.
+    Done { present: u32 },
 }
 
 /// Persistent state: accounts, keys, conversations, events, assets, receipts and jobs.
@@ -219,12 +279,12 @@ pub trait ConversationStore: Send + Sync + 'static {
 
     /// Inserts a conversation, checking the account's cap of active ones atomically.
     ///
-    /// `join_at` schedules the simulated replica's join (none for test mode).
+    /// `jobs` are scheduled with it: the replica's join and the call's timers (none for test mode).
     async fn create_conversation(
         &self,
         conversation: &Conversation,
         max_active: u32,
-        join_at: Option<Timestamp>,
+        jobs: &[(JobKind, Timestamp)],
     ) -> StoreResult<()>;
     /// A visible (not soft-deleted) conversation of the account.
     async fn get_conversation(&self, account: &str, id: &ConversationId)
@@ -285,8 +345,42 @@ pub trait ConversationStore: Send + Sync + 'static {
         now: Timestamp,
         lease_until: Option<Timestamp>,
     ) -> StoreResult<HardDeleteOutcome>;
+    /// A person joins the room of an active, visible conversation.
+    async fn participant_join(
+        &self,
+        id: &ConversationId,
+        participant_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ParticipantOutcome>;
+    /// A person leaves; when the room empties, the `participant_left_timeout` timer is scheduled.
+    async fn participant_leave(
+        &self,
+        id: &ConversationId,
+        participant_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<ParticipantOutcome>;
     /// Erasure receipts, newest first.
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>>;
+
+    // --- webhooks ---
+
+    /// Sets or clears the account's webhook signing secret; false when no such account.
+    async fn set_webhook_secret(&self, account: &str, secret: Option<&str>) -> StoreResult<bool>;
+    /// Claims up to `limit` due deliveries, each the oldest pending one of its conversation.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Marks a delivery done (and forgets it if its conversation was hard-deleted).
+    async fn delivery_succeeded(&self, id: &str, now: Timestamp) -> StoreResult<()>;
+    /// Records a failed attempt: retried at `retry_at`, or given up when `None`.
+    async fn delivery_failed(&self, id: &str, error: &str, retry_at: Option<Timestamp>) -> StoreResult<()>;
+    /// Deliveries, oldest first.
+    async fn list_deliveries(&self, filter: DeliveryFilter<'_>) -> StoreResult<Vec<DeliveryInfo>>;
+    /// Queues a delivery again now, with a fresh retry window; false when no such delivery.
+    async fn retry_delivery(&self, id: &str, now: Timestamp) -> StoreResult<bool>;
 
     // --- durable jobs ---
 
