@@ -5,6 +5,7 @@ pub mod conversation;
 pub mod error;
 pub mod log;
 pub mod query;
+pub mod room;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -40,6 +41,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::any(invalid_id),
         )
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
+        // The room is opened by people, not API clients: its link is the invitation.
+        .route("/rooms/{conversation_id}", get(room::room_page))
+        .route("/rooms/{conversation_id}/state", get(room::room_state))
+        .route("/rooms/{conversation_id}/join", post(room::join_room))
+        .route("/rooms/{conversation_id}/leave", post(room::leave_room))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -155,14 +155,30 @@ impl JobKind {
 
     /// Parses the stored form.
     pub fn parse(raw: &str) -> Option<Self> {
-        [
-            Self::JoinReplica,
-            Self::Finalize,
-            Self::Purge,
-            Self::RetentionPurge,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == raw)
+        Self::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+
+    /// Every kind, so parsing cannot miss one.
+    pub const ALL: [Self; 7] = [
+        Self::JoinReplica,
+        Self::Finalize,
+        Self::Purge,
+        Self::RetentionPurge,
+        Self::MaxDurationTimer,
+        Self::AbsentTimer,
+        Self::LeftTimer,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_job_kind_round_trips_through_its_stored_form() {
+        for kind in JobKind::ALL {
+            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
+        }
     }
 }
 

@@ -17,7 +17,8 @@ impl Query {
         )
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    /// The first value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
