@@ -8,3 +8,5 @@ mod erasure;
 mod lifecycle;
 mod list;
 mod support;
+mod timers;
+mod webhooks;

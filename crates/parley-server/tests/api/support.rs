@@ -339,3 +339,123 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// One request that reached a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub delivery_id: String,
+    pub signature: Option<String>,
+    pub body: Value,
+    pub raw: String,
+    /// What the receiver answered.
+    pub status: u16,
+}
+
+impl Hit {
+    pub fn event_type(&self) -> &str {
+        self.body["event_type"].as_str().unwrap_or_default()
+    }
+}
+
+/// A webhook receiver that records every request and answers from a script (then 200).
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    hits: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
+    script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    /// While set, requests wait here before being answered (a hung receiver).
+    hold: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Receiver {
+    /// A receiver on a fresh port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// A port nobody listens on yet; `start_on` it later to bring the receiver up.
+    pub async fn reserve_port() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    /// A receiver on a given port (after a [`Receiver::reserve_port`]).
+    pub async fn start_on(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::serve(listener)
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Self {
+        let port = listener.local_addr().unwrap().port();
+        let receiver = Self {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            hits: Default::default(),
+            script: Default::default(),
+            hold: std::sync::Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)),
+        };
+        let r = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let r = r.clone();
+                async move {
+                    let _permit = r.hold.acquire().await.unwrap();
+                    let status = r.script.lock().unwrap().pop_front().unwrap_or(200);
+                    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+                    r.hits.lock().unwrap().push(Hit {
+                        delivery_id: header("x-parley-delivery-id").unwrap_or_default(),
+                        signature: header("x-parley-signature"),
+                        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                        raw: body,
+                        status,
+                    });
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    /// Answers these statuses to the next requests, in order.
+    pub fn answer(&self, statuses: &[u16]) {
+        self.script.lock().unwrap().extend(statuses);
+    }
+
+    /// Answers 200 from now on.
+    pub fn clear_script(&self) {
+        self.script.lock().unwrap().clear();
+    }
+
+    /// Holds every request open until [`Receiver::release`].
+    pub fn hang(&self) {
+        self.hold.forget_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    }
+
+    pub fn release(&self) {
+        self.hold.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    }
+
+    /// Every request so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// Requests answered with a 2xx, in arrival order.
+    pub fn delivered(&self) -> Vec<Hit> {
+        self.hits()
+            .into_iter()
+            .filter(|h| (200..300).contains(&h.status))
+            .collect()
+    }
+
+    /// Waits until `n` deliveries have been accepted.
+    pub async fn wait_delivered(&self, n: usize) -> Vec<Hit> {
+        eventually(&format!("{n} webhooks are delivered"), || async {
+            self.delivered().len() >= n
+        })
+        .await;
+        self.delivered()
+    }
+}

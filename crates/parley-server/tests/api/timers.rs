@@ -1,0 +1,176 @@
+//! Call timers end calls with the documented reasons, once, across restarts.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{Proc, TestApp, count, eventually, open_db};
+
+async fn shutdown_reason(app: &TestApp, id: &str) -> Option<String> {
+    let (_, c) = app
+        .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
+        .await;
+    if c["status"] != "ended" {
+        return None;
+    }
+    let shutdowns: Vec<&Value> = c["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "system.shutdown")
+        .collect();
+    assert_eq!(shutdowns.len(), 1, "exactly one shutdown: {c}");
+    shutdowns[0]["properties"]["shutdown_reason"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn wait_ended(app: &TestApp, id: &str) -> String {
+    eventually("the call ends by itself", || async {
+        shutdown_reason(app, id).await.is_some()
+    })
+    .await;
+    shutdown_reason(app, id).await.unwrap()
+}
+
+async fn room(app: &TestApp, id: &str, action: &str, query: &str) -> Value {
+    let res = app
+        .client
+        .post(format!("{}/rooms/{id}/{action}{query}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn max_call_duration_ends_the_call() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create(json!({ "properties": { "max_call_duration": 1, "enable_recording": true } }))
+        .await;
+    let participant = room(&app, &id, "join", "").await;
+    assert_eq!(participant["participants"], 1);
+    assert_eq!(wait_ended(&app, &id).await, "max_call_duration reached");
+    // Ending by timer produces the assets like any other end.
+    let (status, _) = app
+        .call(Method::GET, &format!("/v2/conversations/{id}/recording"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn participant_absent_timeout_ends_a_call_nobody_joined() {
+    let app = TestApp::spawn().await;
+    let nobody = app
+        .create(json!({ "properties": { "participant_absent_timeout": 1 } }))
+        .await;
+    let somebody = app
+        .create(json!({ "properties": { "participant_absent_timeout": 1 } }))
+        .await;
+    room(&app, &somebody, "join", "").await;
+    assert_eq!(
+        wait_ended(&app, &nobody).await,
+        "participant_absent_timeout reached"
+    );
+    app.wait_for_jobs().await;
+    assert_eq!(
+        shutdown_reason(&app, &somebody).await,
+        None,
+        "a call someone joined keeps going"
+    );
+}
+
+#[tokio::test]
+async fn participant_left_timeout_ends_an_emptied_call_unless_someone_returns() {
+    let app = TestApp::spawn().await;
+    let props = json!({ "properties": { "participant_left_timeout": 1 } });
+    let left = app.create(props.clone()).await;
+    let returned = app.create(props).await;
+    for id in [&left, &returned] {
+        let me = room(&app, id, "join", "").await;
+        let gone = room(
+            &app,
+            id,
+            "leave",
+            &format!("?participant_id={}", me["participant_id"].as_str().unwrap()),
+        )
+        .await;
+        assert_eq!(gone["participants"], 0);
+    }
+    room(&app, &returned, "join", "").await;
+    assert_eq!(wait_ended(&app, &left).await, "participant_left_timeout reached");
+    app.wait_for_jobs().await;
+    assert_eq!(shutdown_reason(&app, &returned).await, None);
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_join_ends_the_call() {
+    let app = TestApp::spawn_with(|c| c.unjoinable_replicas = vec!["r5dc7c7d0bcb".into()]).await;
+    let id = app.create(json!({ "replica_id": "r5dc7c7d0bcb" })).await;
+    assert_eq!(
+        wait_ended(&app, &id).await,
+        "bot_could_not_join_meeting_it_was_probably_ended"
+    );
+    let db = app.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.replica_joined'",
+            &id
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_survive_a_restart_and_fire_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let first = Proc::start(dir.path(), &[]);
+    let key = first.key.clone().unwrap();
+    let body = json!({ "properties": { "max_call_duration": 2 } });
+    let res = client
+        .post(format!("{}/v2/conversations", first.base))
+        .header("x-api-key", &key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let id = res.json::<Value>().await.unwrap()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first.kill();
+    // Down past the deadline: the timer is due when the server comes back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let second = Proc::start(dir.path(), &[]);
+    let db = open_db(dir.path()).await;
+    eventually("the timer fires after the restart", || async {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM conversation WHERE conversation_id = ? AND status = 'ended'",
+            &id,
+        )
+        .await
+            == 1
+    })
+    .await;
+    drop(second);
+    // And once more after another restart: nothing fires twice.
+    let third = Proc::start(dir.path(), &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT json_extract(properties, '$.shutdown_reason') FROM event WHERE conversation_id = ? AND event_type = 'system.shutdown'",
+    )
+    .bind(&id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(reasons, ["max_call_duration reached"]);
+    drop(third);
+}
