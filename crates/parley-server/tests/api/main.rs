@@ -7,6 +7,7 @@ mod delete;
 mod erasure;
 mod lifecycle;
 mod list;
+mod room;
 mod support;
 mod timers;
 mod webhooks;
