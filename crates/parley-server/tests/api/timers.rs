@@ -127,50 +127,81 @@ async fn a_replica_that_cannot_join_ends_the_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timers_survive_a_restart_and_fire_once() {
+async fn every_timer_survives_a_restart_and_fires_once() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let first = Proc::start(dir.path(), &[]);
     let key = first.key.clone().unwrap();
-    let body = json!({ "properties": { "max_call_duration": 2 } });
+    let create = |props: Value| {
+        let req = client
+            .post(format!("{}/v2/conversations", first.base))
+            .header("x-api-key", &key)
+            .json(&json!({ "properties": props }));
+        async move {
+            req.send().await.unwrap().json::<Value>().await.unwrap()["conversation_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let long = create(json!({ "max_call_duration": 2, "participant_absent_timeout": 0 })).await;
+    let absent = create(json!({ "participant_absent_timeout": 2 })).await;
+    let left = create(json!({ "participant_left_timeout": 2 })).await;
+    let joined: Value = client
+        .post(format!("{}/rooms/{left}/join", first.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let participant = joined["participant_id"].as_str().unwrap();
     let res = client
-        .post(format!("{}/v2/conversations", first.base))
-        .header("x-api-key", &key)
-        .json(&body)
+        .post(format!(
+            "{}/rooms/{left}/leave?participant_id={participant}",
+            first.base
+        ))
         .send()
         .await
         .unwrap();
-    let id = res.json::<Value>().await.unwrap()["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    assert_eq!(res.status(), StatusCode::OK);
     first.kill();
-    // Down past the deadline: the timer is due when the server comes back.
+    // Down past every deadline: the timers are due when the server comes back.
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
-    let second = Proc::start(dir.path(), &[]);
+    let expected = [
+        (&long, "max_call_duration reached"),
+        (&absent, "participant_absent_timeout reached"),
+        (&left, "participant_left_timeout reached"),
+    ];
     let db = open_db(dir.path()).await;
-    eventually("the timer fires after the restart", || async {
-        count(
-            &db,
-            "SELECT COUNT(*) FROM conversation WHERE conversation_id = ? AND status = 'ended'",
-            &id,
-        )
-        .await
-            == 1
-    })
-    .await;
+    let second = Proc::start(dir.path(), &[]);
+    for (id, _) in expected {
+        eventually("the timer fires after the restart", || async {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM conversation WHERE conversation_id = ? AND status = 'ended'",
+                id,
+            )
+            .await
+                == 1
+        })
+        .await;
+    }
     drop(second);
-    // And once more after another restart: nothing fires twice.
+    // And after another restart: nothing fires twice.
     let third = Proc::start(dir.path(), &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let reasons: Vec<String> = sqlx::query_scalar(
-        "SELECT json_extract(properties, '$.shutdown_reason') FROM event WHERE conversation_id = ? AND event_type = 'system.shutdown'",
-    )
-    .bind(&id)
-    .fetch_all(&db)
-    .await
-    .unwrap();
-    assert_eq!(reasons, ["max_call_duration reached"]);
+    for (id, reason) in expected {
+        let reasons: Vec<String> = sqlx::query_scalar(
+            "SELECT json_extract(properties, '$.shutdown_reason') FROM event \
+             WHERE conversation_id = ? AND event_type = 'system.shutdown'",
+        )
+        .bind(id)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert_eq!(reasons, [reason], "{id}");
+    }
     drop(third);
 }
