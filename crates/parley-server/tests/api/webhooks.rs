@@ -438,3 +438,32 @@ async fn failed_deliveries_are_given_up_listed_and_retried_by_the_operator() {
         "{listing}"
     );
 }
+
+#[tokio::test]
+async fn shared_deployments_refuse_private_callback_urls() {
+    let app = TestApp::spawn_with(|c| c.webhook_deny_private = true).await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.0.0.8/hook",
+        "http://[::1]/hook",
+    ] {
+        let (status, body) = crate::support::send(
+            app.req(Method::POST, "/v2/conversations")
+                .json(&json!({ "callback_url": url })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("Invalid callback_url:") && error.contains("non-public"),
+            "{url}: {error}"
+        );
+    }
+    let db = app.db().await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversation")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
