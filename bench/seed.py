@@ -24,7 +24,7 @@ BODY = json.dumps(
 
 def main() -> int:
     addr, key, count, concurrency, out = sys.argv[1:6]
-    count, concurrency = int(count), max(1, int(concurrency))
+    count, concurrency = max(1, int(count)), max(1, int(concurrency))
     host, port = addr.rsplit(":", 1)
     headers = {"x-api-key": key, "content-type": "application/json"}
     ids: list[str] = []
@@ -69,11 +69,20 @@ def main() -> int:
     if errors:
         print(f"seed.py: {errors[0]}", file=sys.stderr)
         return 1
+    # The last one must have its recording, or the hard deletes would erase less than meant.
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("GET", f"/v2/conversations/{ids[-1]}/recording", headers=headers)
+    resp = conn.getresponse()
+    recording = resp.read()
+    if resp.status != 200 or not recording:
+        print(f"seed.py: {ids[-1]} has no recording: {resp.status} {recording[:200]!r}", file=sys.stderr)
+        return 1
     with open(out, "w") as f:
         f.write("".join(i + "\n" for i in ids))
     print(
         f"seed.py: {len(ids)} conversations created and ended in {elapsed:.1f} s "
-        f"({len(ids) / elapsed:.0f}/s, {concurrency} connections)",
+        f"({len(ids) / elapsed:.0f}/s, {concurrency} connections); "
+        f"recordings of {len(recording)} bytes",
         file=sys.stderr,
     )
     return 0
