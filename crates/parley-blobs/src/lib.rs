@@ -2,12 +2,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use parley_domain::ConversationId;
 
 /// Blob store failures.
@@ -58,6 +61,52 @@ impl Blobs {
             .map_err(|e| BlobError::Setup(format!("creating {}: {e}", root.display())))?;
         let fs = LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true);
         Ok(Self { store: Arc::new(fs) })
+    }
+
+    /// Blobs in an S3 bucket (or an S3-compatible server), under an optional key prefix.
+    ///
+    /// Credentials and defaults come from the usual `AWS_*` variables; `endpoint` and `region`
+    /// override them. A plain-http endpoint is allowed, for local S3-compatible servers.
+    pub fn s3(url: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<Self, BlobError> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| BlobError::Setup(format!("{url:?} is not an s3:// URL")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(BlobError::Setup(format!("{url:?} names no bucket")));
+        }
+        // A request answers or fails within seconds, so an object store that is down becomes a
+        // 503 for the client instead of a hang (object_store's defaults retry for minutes).
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let options = ClientOptions::new()
+            .with_timeout(Duration::from_secs(30))
+            .with_connect_timeout(Duration::from_secs(3));
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .with_client_options(options);
+        if let Some(endpoint) = endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                // S3-compatible servers rarely do virtual-hosted buckets.
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(region) = region {
+            builder = builder.with_region(region);
+        }
+        let s3: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        let prefix = prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            s3
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        };
+        Ok(Self { store })
     }
 
     /// Wraps any object store.

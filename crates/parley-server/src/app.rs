@@ -7,11 +7,12 @@ use anyhow::Context;
 use parley_blobs::Blobs;
 use parley_domain::{Limits, Timestamp};
 use parley_store::ConversationStore;
+use parley_store_postgres::PostgresStore;
 use parley_store_sqlite::SqliteStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{ServeConfig, StoreConfig};
+use crate::config::{Database, ServeConfig, StoreConfig};
 use crate::state::{AppState, Settings};
 use crate::webhook::{self, WebhookSettings};
 use crate::{http, jobs, keys};
@@ -29,19 +30,45 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     workers: Vec<JoinHandle<()>>,
-    /// Held while serving: one server per data directory.
-    _lock: std::fs::File,
+    /// Held while serving an embedded database: one server per database file.
+    _lock: Option<std::fs::File>,
 }
 
-/// Opens the store of a data directory, creating the directory if needed.
+/// Opens (creating and migrating if needed) the database a store config names.
 pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn ConversationStore>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let path = config.database_path();
-    let store = SqliteStore::open(&path)
-        .await
-        .with_context(|| format!("opening database {}", path.display()))?;
-    Ok(Arc::new(store))
+    match config.database()? {
+        Database::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let store = SqliteStore::open(&path)
+                .await
+                .with_context(|| format!("opening database {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        Database::Postgres(url) => {
+            let store = PostgresStore::connect(&url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Opens the blob store a serve config names.
+pub fn open_blobs(config: &ServeConfig) -> anyhow::Result<Blobs> {
+    let blobs = &config.blobs;
+    match blobs.blob_url.as_deref() {
+        Some(url) if url.starts_with("s3://") => {
+            Blobs::s3(url, blobs.s3_endpoint.as_deref(), blobs.s3_region.as_deref())
+                .context("opening the S3 bucket")
+        }
+        Some(url) => {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            Blobs::local(std::path::Path::new(path)).context("opening the blob folder")
+        }
+        None => Blobs::local(&config.store.data_dir.join("blobs")).context("opening the blob folder"),
+    }
 }
 
 /// Creates a key for `account` (creating the account if missing); returns `(key_id, key)`.
@@ -55,21 +82,31 @@ pub async fn create_key(store: &dyn ConversationStore, account: &str) -> anyhow:
 
 /// Opens everything, binds the listener and starts serving and running jobs.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&config.store.data_dir)
-        .with_context(|| format!("creating data directory {}", config.store.data_dir.display()))?;
-    let lock = lock_data_dir(&config.store)?;
+    anyhow::ensure!(
+        config.job_lease > config.webhook_timeout,
+        "--job-lease ({:?}) must be longer than --webhook-timeout ({:?})",
+        config.job_lease,
+        config.webhook_timeout
+    );
+    let lock = match config.store.database()? {
+        Database::Sqlite(path) => Some(lock_database(&path)?),
+        // A shared database has many servers; their leases expire on their own.
+        Database::Postgres(_) => None,
+    };
     let store = open_store(&config.store).await?;
-    // We hold the data directory's lock, so any lease in the job table belongs to a dead process.
-    let released = store.release_all_leases().await?;
-    if released > 0 {
-        tracing::info!(job.count = released, "resuming jobs left by a stopped process");
+    if lock.is_some() {
+        // We hold the database's lock, so any lease in the job table belongs to a dead process.
+        let released = store.release_all_leases().await?;
+        if released > 0 {
+            tracing::info!(job.count = released, "resuming jobs left by a stopped process");
+        }
     }
     let initial_key = if store.has_accounts().await? {
         None
     } else {
         Some(create_key(store.as_ref(), DEFAULT_ACCOUNT).await?.1)
     };
-    let blobs = Blobs::local(&config.store.blob_dir()).context("opening blob folder")?;
+    let blobs = open_blobs(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -91,6 +128,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         max_recording_secs: config.max_recording_secs,
         max_body_bytes: config.max_body_bytes,
         run_jobs: config.run_jobs,
+        job_lease: config.job_lease,
         job_poll_interval: config.job_poll_interval,
         webhooks: WebhookSettings {
             timeout: config.webhook_timeout,
@@ -129,9 +167,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     })
 }
 
-/// Takes an exclusive lock on `parley.lock` in the data directory, released when the process exits.
-fn lock_data_dir(config: &StoreConfig) -> anyhow::Result<std::fs::File> {
-    let path = config.data_dir.join("parley.lock");
+/// Takes an exclusive lock beside an embedded database, released when the process exits.
+fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let path = db.with_extension("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -141,8 +182,8 @@ fn lock_data_dir(config: &StoreConfig) -> anyhow::Result<std::fs::File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another `parley serve` is using {}; one server per data directory",
-            config.data_dir.display()
+            "another `parley serve` is using {}; one server per embedded database",
+            db.display()
         ),
         Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }

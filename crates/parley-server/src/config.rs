@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the API server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -134,24 +134,62 @@ pub enum ConversationsCommand {
     },
 }
 
-/// Where parley keeps its state.
+/// Where parley keeps its records.
 #[derive(Debug, Clone, Args)]
 pub struct StoreConfig {
-    /// Directory holding the SQLite database (`parley.db`) and the blob folder (`blobs/`).
+    /// Directory holding the embedded database (`parley.db`) and the local blob folder (`blobs/`).
     #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./parley-data")]
     pub data_dir: PathBuf,
+
+    /// `sqlite://PATH` or `postgres://…`; default: `parley.db` in the data directory.
+    #[arg(long, env = "PARLEY_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// Which database a [`StoreConfig`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl StoreConfig {
-    /// The database file inside the data directory.
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("parley.db")
+    /// The database, from `--database-url` or the data directory.
+    pub fn database(&self) -> anyhow::Result<Database> {
+        match self.database_url.as_deref() {
+            None => Ok(Database::Sqlite(self.data_dir.join("parley.db"))),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Database::Postgres(url.to_owned()))
+            }
+            Some(url) => {
+                let path = url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--database-url must start with sqlite:// or postgres://")
+                    })?;
+                let path = path.split('?').next().unwrap_or_default();
+                anyhow::ensure!(!path.is_empty(), "--database-url sqlite:// needs a file path");
+                Ok(Database::Sqlite(PathBuf::from(path)))
+            }
+        }
     }
+}
 
-    /// The blob folder inside the data directory.
-    pub fn blob_dir(&self) -> PathBuf {
-        self.data_dir.join("blobs")
-    }
+/// Where parley keeps blobs (recordings).
+#[derive(Debug, Clone, Args)]
+pub struct BlobConfig {
+    /// A local folder (default: `blobs/` in the data directory) or `s3://BUCKET[/PREFIX]`.
+    #[arg(long, env = "PARLEY_BLOB_URL")]
+    pub blob_url: Option<String>,
+
+    /// S3 endpoint, for S3-compatible servers (default: AWS; `AWS_ENDPOINT_URL` also works).
+    #[arg(long, env = "PARLEY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`).
+    #[arg(long, env = "PARLEY_S3_REGION")]
+    pub s3_region: Option<String>,
 }
 
 /// `parley serve` settings.
@@ -159,6 +197,9 @@ impl StoreConfig {
 pub struct ServeConfig {
     #[command(flatten)]
     pub store: StoreConfig,
+
+    #[command(flatten)]
+    pub blobs: BlobConfig,
 
     /// Address to listen on.
     #[arg(long, env = "PARLEY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -195,6 +236,10 @@ pub struct ServeConfig {
     /// Run background jobs (purges, call finalisation, joins, retention) in this process.
     #[arg(long, env = "PARLEY_RUN_JOBS", default_value_t = true, action = ArgAction::Set)]
     pub run_jobs: bool,
+
+    /// How long a claimed job or delivery is held before another process may take it over.
+    #[arg(long, env = "PARLEY_JOB_LEASE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub job_lease: Duration,
 
     /// How often the job runner looks for due work when nothing wakes it.
     #[arg(long, env = "PARLEY_JOB_POLL_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
@@ -233,7 +278,15 @@ impl ServeConfig {
     /// Defaults for tests: port 0, the given data dir, an immediate replica join, fast polling.
     pub fn for_tests(data_dir: PathBuf) -> Self {
         Self {
-            store: StoreConfig { data_dir },
+            store: StoreConfig {
+                data_dir,
+                database_url: None,
+            },
+            blobs: BlobConfig {
+                blob_url: None,
+                s3_endpoint: None,
+                s3_region: None,
+            },
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_url: None,
             max_concurrent_conversations: 10,
@@ -243,6 +296,7 @@ impl ServeConfig {
             max_recording_secs: 300,
             max_body_bytes: 1 << 20,
             run_jobs: true,
+            job_lease: Duration::from_secs(60),
             job_poll_interval: Duration::from_millis(50),
             webhook_timeout: Duration::from_secs(2),
             webhook_retry_base: Duration::from_millis(50),

@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(from_fn(log::run_to_completion))
         .layer(from_fn(log::log_request))
         .with_state(state)
 }

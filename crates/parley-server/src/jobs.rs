@@ -13,8 +13,6 @@ use tokio::sync::watch;
 
 use crate::state::AppState;
 
-/// How long a claimed job is ours before another runner may take it over.
-const LEASE_SECS: i64 = 120;
 /// Jobs claimed per round.
 const BATCH: u32 = 16;
 /// The recording's asset name.
@@ -26,7 +24,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         let now = Timestamp::now();
         match state
             .store
-            .claim_due_jobs(now, now.plus_secs(LEASE_SECS), BATCH)
+            .claim_due_jobs(now, state.settings.lease_from(now), BATCH)
             .await
         {
             Ok(jobs) if !jobs.is_empty() => {
@@ -52,7 +50,7 @@ pub fn inline_lease(state: &AppState) -> Option<Timestamp> {
     state
         .settings
         .run_jobs
-        .then(|| Timestamp::now().plus_secs(LEASE_SECS))
+        .then(|| state.settings.lease_from(Timestamp::now()))
 }
 
 /// Runs a job the caller created, if it was created claimed (see [`inline_lease`]).

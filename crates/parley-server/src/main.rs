@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Keys(c) => cli::keys(c).await,
         Command::Accounts(c) => cli::accounts(c).await,
         Command::Conversations(c) => cli::conversations(c).await,

@@ -23,6 +23,8 @@ pub struct Settings {
     pub max_recording_secs: u32,
     pub max_body_bytes: usize,
     pub run_jobs: bool,
+    /// How long a claimed job or delivery is ours.
+    pub job_lease: Duration,
     pub job_poll_interval: Duration,
     pub webhooks: WebhookSettings,
     /// Replicas the simulated replica cannot join with.
@@ -30,6 +32,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The lease end for a job or delivery claimed now.
+    pub fn lease_from(&self, now: parley_domain::Timestamp) -> parley_domain::Timestamp {
+        now.plus_millis(i64::try_from(self.job_lease.as_millis()).unwrap_or(i64::MAX))
+    }
+
     /// The account's cap of active conversations.
     pub fn max_concurrent_for(&self, account: &Account) -> u32 {
         account.max_concurrent.unwrap_or(self.max_concurrent)

@@ -14,8 +14,6 @@ use tokio::task::JoinSet;
 
 use crate::state::AppState;
 
-/// How long a claimed delivery is ours; longer than any attempt can take.
-const LEASE_SECS: i64 = 60;
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -54,7 +52,7 @@ pub async fn run(state: AppState, client: reqwest::Client, mut shutdown: watch::
             let now = Timestamp::now();
             match state
                 .store
-                .claim_deliveries(now, now.plus_secs(LEASE_SECS), free as u32)
+                .claim_deliveries(now, state.settings.lease_from(now), free as u32)
                 .await
             {
                 Ok(batch) if !batch.is_empty() => {

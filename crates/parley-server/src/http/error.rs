@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use parley_blobs::BlobError;
 use parley_store::StoreError;
 use serde_json::json;
 
@@ -66,6 +67,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::ConcurrencyLimit => Self::ConcurrencyLimit,
             ServiceError::NotFound(what) => Self::NotFound(what.to_owned()),
             ServiceError::Store(s) => s.into(),
+            // The object store failing (down, throttling, unreachable) is worth a retry, not a 500.
+            ServiceError::Blob(BlobError::Store(e)) => Self::Unavailable(format!("blob store: {e}")),
             ServiceError::Blob(b) => Self::Internal(b.into()),
         }
     }
