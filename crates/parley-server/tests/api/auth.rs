@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{TestApp, invalid_id, rows_of};
+use crate::support::{TestApp, invalid_id};
 
 #[tokio::test]
 async fn every_endpoint_needs_a_valid_key() {
@@ -77,7 +77,7 @@ async fn another_account_cannot_see_or_touch_a_conversation() {
 
     // A's conversation is whole.
     let db = app.db().await;
-    let (conv, events, assets) = rows_of(&db, &id).await;
+    let (conv, events, assets) = db.rows_of(&id).await;
     assert_eq!((conv, assets), (1, 1));
     assert!(events >= 3);
     let (_, list) = app.call(Method::GET, "/v2/conversations").await;

@@ -2,21 +2,24 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
+use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{TestApp, invalid_id};
+use crate::support::{TestApp, TestDb, invalid_id};
 
 /// Everything a request could have changed, as one comparable value.
-async fn snapshot(db: &SqlitePool) -> Vec<(String, String, String, Option<i64>, i64)> {
-    sqlx::query_as(
-        "SELECT conversation_id, status, request_json, deleted_at, \
+async fn snapshot(db: &TestDb) -> Vec<(String, String, String, Option<i64>, i64)> {
+    let rows = db
+        .rows(
+            "SELECT conversation_id, status, request_json, deleted_at, \
          (SELECT COUNT(*) FROM event e WHERE e.conversation_id = c.conversation_id) FROM conversation c \
          ORDER BY conversation_id",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap()
+            &[],
+        )
+        .await;
+    rows.iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
 }
 
 /// Sends a request line byte for byte (no client-side path normalisation) and reads status and body.
@@ -119,7 +122,7 @@ async fn malformed_and_mistyped_create_bodies_are_400s_naming_the_problem() {
         );
     }
     assert_eq!(snapshot(&db).await, before);
-    assert!(crate::support::recording_path(app.data_dir(), &id).exists());
+    assert!(app.backing.has_recording(&id).await);
 }
 
 #[tokio::test]
@@ -221,7 +224,7 @@ async fn ids_that_are_not_conversation_ids_never_reach_storage() {
         }
     }
     assert_eq!(snapshot(&db).await, before);
-    assert!(crate::support::recording_path(app.data_dir(), &id).exists());
+    assert!(app.backing.has_recording(&id).await);
 }
 
 #[tokio::test]

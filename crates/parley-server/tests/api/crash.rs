@@ -1,12 +1,11 @@
 //! Crashes: a hard delete acknowledged before a kill is finished after the restart, and never half done.
 
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Proc, due_jobs, eventually, files_containing, open_db, recording_path, rows_of};
+use crate::support::{Backing, Proc, eventually};
 
 async fn create_ended(client: &reqwest::Client, base: &str, key: &str, marker: &str) -> String {
     let body = json!({ "conversational_context": marker, "properties": { "enable_recording": true } });
@@ -32,10 +31,10 @@ async fn create_ended(client: &reqwest::Client, base: &str, key: &str, marker: &
     id
 }
 
-async fn wait_until_idle(dir: &Path) {
-    let db = open_db(dir).await;
+async fn wait_until_idle(backing: &Backing) {
+    let db = backing.db().await;
     eventually("the restarted server finishes every due job", || async {
-        due_jobs(&db).await == 0
+        db.due_jobs().await == 0
     })
     .await;
     db.close().await;
@@ -43,19 +42,19 @@ async fn wait_until_idle(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_cut_short_by_a_kill_is_finished_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Backing::fresh().await;
     let client = reqwest::Client::new();
     let marker = "MARKER-crash-91c2";
 
-    let first = Proc::start(dir.path(), &["--max-concurrent-conversations", "100"]);
+    let first = Proc::start(&dir, &["--max-concurrent-conversations", "100"]);
     let key = first.key.clone().unwrap();
     let id = create_ended(&client, &first.base, &key, marker).await;
-    assert!(recording_path(dir.path(), &id).exists());
+    assert!(dir.has_recording(&id).await);
     first.kill();
 
     // A process that runs no jobs acknowledges the delete and leaves the purge queued: a kill now
     // is a kill between the 204 and the purge.
-    let api_only = Proc::start(dir.path(), &["--run-jobs", "false"]);
+    let api_only = Proc::start(&dir, &["--run-jobs", "false"]);
     let res = client
         .delete(format!("{}/v2/conversations/{id}?hard=true", api_only.base))
         .header("x-api-key", &key)
@@ -63,30 +62,27 @@ async fn a_purge_cut_short_by_a_kill_is_finished_after_restart() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let db = open_db(dir.path()).await;
+    let db = dir.db().await;
     assert_eq!(
-        rows_of(&db, &id).await,
+        db.rows_of(&id).await,
         (0, 0, 0),
         "rows go in the delete's own transaction"
     );
-    let purges: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM job WHERE kind = 'purge' AND conversation_id = ?")
-            .bind(&id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let purges: i64 = db
+        .count(
+            "SELECT COUNT(*) FROM job WHERE kind = 'purge' AND conversation_id = ?",
+            &id,
+        )
+        .await;
     assert_eq!(purges, 1);
-    assert!(
-        recording_path(dir.path(), &id).exists(),
-        "the blob waits for the purge"
-    );
+    assert!(dir.has_recording(&id).await, "the blob waits for the purge");
     db.close().await;
     api_only.kill();
 
-    let restarted = Proc::start(dir.path(), &[]);
-    wait_until_idle(dir.path()).await;
-    assert!(!recording_path(dir.path(), &id).exists());
-    assert!(files_containing(dir.path(), marker.as_bytes()).is_empty());
+    let restarted = Proc::start(&dir, &[]);
+    wait_until_idle(&dir).await;
+    assert!(!dir.has_recording(&id).await);
+    assert!(!dir.holds(marker).await);
     drop(restarted);
 }
 
@@ -94,8 +90,8 @@ async fn a_purge_cut_short_by_a_kill_is_finished_after_restart() {
 async fn a_kill_at_any_moment_of_hard_deletes_leaves_every_conversation_whole_or_gone() {
     let client = reqwest::Client::new();
     for (round, kill_after_ms) in [5u64, 40, 120].into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Proc::start(dir.path(), &["--max-concurrent-conversations", "1000"]);
+        let dir = Backing::fresh().await;
+        let server = Proc::start(&dir, &["--max-concurrent-conversations", "1000"]);
         let key = server.key.clone().unwrap();
         let mut ids = Vec::new();
         for i in 0..24 {
@@ -121,19 +117,19 @@ async fn a_kill_at_any_moment_of_hard_deletes_leaves_every_conversation_whole_or
             }
         }
 
-        let restarted = Proc::start(dir.path(), &[]);
-        wait_until_idle(dir.path()).await;
-        let db = open_db(dir.path()).await;
+        let restarted = Proc::start(&dir, &[]);
+        wait_until_idle(&dir).await;
+        let db = dir.db().await;
         for (i, id) in ids.iter().enumerate() {
-            let (conversations, events, assets) = rows_of(&db, id).await;
-            let receipt: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?")
-                    .bind(id)
-                    .fetch_one(&db)
-                    .await
-                    .unwrap();
-            let blob = recording_path(dir.path(), id).exists();
-            let marker = !files_containing(dir.path(), format!("MARK-{round}-{i}-x").as_bytes()).is_empty();
+            let (conversations, events, assets) = db.rows_of(id).await;
+            let receipt: i64 = db
+                .count(
+                    "SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?",
+                    id,
+                )
+                .await;
+            let blob = dir.has_recording(id).await;
+            let marker = dir.holds(&format!("MARK-{round}-{i}-x")).await;
             let whole = conversations == 1 && events >= 3 && assets == 1 && blob && receipt == 0 && marker;
             let gone = conversations == 0 && events == 0 && assets == 0 && !blob && receipt == 1 && !marker;
             assert!(

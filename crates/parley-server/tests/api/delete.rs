@@ -2,8 +2,9 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use sqlx::Row;
 
-use crate::support::{TestApp, count, invalid_id, recording_path, rows_of};
+use crate::support::{TestApp, invalid_id};
 
 fn recorded() -> serde_json::Value {
     json!({ "conversation_name": "delete table", "properties": { "enable_recording": true } })
@@ -19,25 +20,27 @@ async fn soft_delete_of_an_active_conversation_ends_it_then_hides_it() {
     assert_eq!((status, body), (StatusCode::NO_CONTENT, json!(null)));
 
     let db = app.db().await;
-    let (status, reason, deleted): (String, Option<String>, Option<i64>) = sqlx::query_as(
-        "SELECT status, shutdown_reason, deleted_at FROM conversation WHERE conversation_id = ?",
-    )
-    .bind(&id)
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let (status, reason, deleted): (String, Option<String>, Option<i64>) = {
+        let r = db
+            .row(
+                "SELECT status, shutdown_reason, deleted_at FROM conversation WHERE conversation_id = ?",
+                &[id.as_str()],
+            )
+            .await;
+        (r.get(0), r.get(1), r.get(2))
+    };
     assert_eq!(status, "ended");
     assert_eq!(reason.as_deref(), Some("conversation_deleted"));
     assert!(deleted.is_some());
-    let shutdowns = count(
-        &db,
-        "SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.shutdown'",
-        &id,
-    )
-    .await;
+    let shutdowns = db
+        .count(
+            "SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.shutdown'",
+            &id,
+        )
+        .await;
     assert_eq!(shutdowns, 1);
     // Ended first means its assets were produced, and a soft delete keeps them.
-    assert!(recording_path(app.data_dir(), &id).exists());
+    assert!(app.backing.has_recording(&id).await);
     assert_eq!(
         app.call(Method::GET, &format!("/v2/conversations/{id}")).await.1,
         invalid_id()
@@ -59,17 +62,16 @@ async fn hard_delete_of_an_active_conversation_ends_it_then_purges_it() {
     app.wait_for_jobs().await;
 
     let db = app.db().await;
-    assert_eq!(rows_of(&db, &id).await, (0, 0, 0));
+    assert_eq!(db.rows_of(&id).await, (0, 0, 0));
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?",
             &id
         )
         .await,
         1
     );
-    assert!(!app.data_dir().join("blobs/conversations").join(&id).exists());
+    assert!(app.backing.blob_keys(&id).await.is_empty());
     app.create(json!({})).await;
 }
 
@@ -79,7 +81,7 @@ async fn soft_delete_of_an_ended_conversation_hides_it_and_keeps_everything() {
     let id = app.ended(recorded()).await;
     let other = app.create(json!({})).await;
     let db = app.db().await;
-    let before = rows_of(&db, &id).await;
+    let before = db.rows_of(&id).await;
     assert_eq!(before.0, 1);
     assert!(before.1 >= 3, "joined, shutdown, transcript: {before:?}");
 
@@ -105,8 +107,8 @@ async fn soft_delete_of_an_ended_conversation_hides_it_and_keeps_everything() {
     assert_eq!(list["total_count"], 1);
     assert_eq!(list["data"][0]["conversation_id"], other);
     // ...but the record and its assets are kept.
-    assert_eq!(rows_of(&db, &id).await, before);
-    assert!(recording_path(app.data_dir(), &id).exists());
+    assert_eq!(db.rows_of(&id).await, before);
+    assert!(app.backing.has_recording(&id).await);
 }
 
 #[tokio::test]
@@ -116,10 +118,9 @@ async fn hard_delete_of_an_ended_conversation_erases_everything_and_leaves_a_rec
         .ended(json!({ "persona_id": "pdac61133ac5", "properties": { "enable_recording": true } }))
         .await;
     let keep = app.ended(recorded()).await;
-    let rec = recording_path(app.data_dir(), &id);
-    assert!(rec.exists());
+    assert!(app.backing.has_recording(&id).await);
     let db = app.db().await;
-    let (_, events, assets) = rows_of(&db, &id).await;
+    let (_, events, assets) = db.rows_of(&id).await;
 
     let (status, body) = app
         .call(Method::DELETE, &format!("/v2/conversations/{id}?hard=TRUE"))
@@ -127,20 +128,23 @@ async fn hard_delete_of_an_ended_conversation_erases_everything_and_leaves_a_rec
     assert_eq!((status, body), (StatusCode::NO_CONTENT, json!(null)));
     app.wait_for_jobs().await;
 
-    assert_eq!(rows_of(&db, &id).await, (0, 0, 0));
-    assert!(!rec.exists());
-    assert!(!app.data_dir().join("blobs/conversations").join(&id).exists());
-    let (receipt_events, receipt_assets, bytes): (i64, i64, i64) =
-        sqlx::query_as("SELECT events, assets, asset_bytes FROM erasure_receipt WHERE conversation_id = ?")
-            .bind(&id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    assert_eq!(db.rows_of(&id).await, (0, 0, 0));
+    assert!(!app.backing.has_recording(&id).await);
+    assert!(app.backing.blob_keys(&id).await.is_empty());
+    let (receipt_events, receipt_assets, bytes): (i64, i64, i64) = {
+        let r = db
+            .row(
+                "SELECT events, assets, asset_bytes FROM erasure_receipt WHERE conversation_id = ?",
+                &[id.as_str()],
+            )
+            .await;
+        (r.get(0), r.get(1), r.get(2))
+    };
     assert_eq!((receipt_events, receipt_assets), (events, assets));
     assert!(bytes > 44, "the receipt counts the recording's bytes");
     // Nothing else was lost.
-    assert_eq!(rows_of(&db, &keep).await.0, 1);
-    assert!(recording_path(app.data_dir(), &keep).exists());
+    assert_eq!(db.rows_of(&keep).await.0, 1);
+    assert!(app.backing.has_recording(&keep).await);
     assert_eq!(
         app.call(Method::GET, &format!("/v2/conversations/{keep}"))
             .await
@@ -155,33 +159,38 @@ async fn soft_deleting_twice_changes_nothing() {
     let id = app.ended(json!({})).await;
     app.call(Method::DELETE, &format!("/v2/conversations/{id}")).await;
     let db = app.db().await;
-    let first: (i64, i64) =
-        sqlx::query_as("SELECT deleted_at, updated_at FROM conversation WHERE conversation_id = ?")
-            .bind(&id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    let jobs = count(
-        &db,
-        "SELECT COUNT(*) FROM job WHERE conversation_id = ? AND kind = 'retention_purge'",
-        &id,
-    )
-    .await;
+    let first: (i64, i64) = {
+        let r = db
+            .row(
+                "SELECT deleted_at, updated_at FROM conversation WHERE conversation_id = ?",
+                &[id.as_str()],
+            )
+            .await;
+        (r.get(0), r.get(1))
+    };
+    let jobs = db
+        .count(
+            "SELECT COUNT(*) FROM job WHERE conversation_id = ? AND kind = 'retention_purge'",
+            &id,
+        )
+        .await;
 
     let (status, _) = app
         .call(Method::DELETE, &format!("/v2/conversations/{id}?hard=0"))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let second: (i64, i64) =
-        sqlx::query_as("SELECT deleted_at, updated_at FROM conversation WHERE conversation_id = ?")
-            .bind(&id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let second: (i64, i64) = {
+        let r = db
+            .row(
+                "SELECT deleted_at, updated_at FROM conversation WHERE conversation_id = ?",
+                &[id.as_str()],
+            )
+            .await;
+        (r.get(0), r.get(1))
+    };
     assert_eq!(first, second);
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM job WHERE conversation_id = ? AND kind = 'retention_purge'",
             &id
         )
@@ -195,7 +204,7 @@ async fn hard_delete_of_a_soft_deleted_conversation_purges_it_now() {
     let app = TestApp::spawn().await;
     let id = app.ended(recorded()).await;
     app.call(Method::DELETE, &format!("/v2/conversations/{id}")).await;
-    assert!(recording_path(app.data_dir(), &id).exists());
+    assert!(app.backing.has_recording(&id).await);
 
     let (status, _) = app
         .call(Method::DELETE, &format!("/v2/conversations/{id}?hard=true"))
@@ -203,12 +212,11 @@ async fn hard_delete_of_a_soft_deleted_conversation_purges_it_now() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.wait_for_jobs().await;
     let db = app.db().await;
-    assert_eq!(rows_of(&db, &id).await, (0, 0, 0));
-    assert!(!recording_path(app.data_dir(), &id).exists());
+    assert_eq!(db.rows_of(&id).await, (0, 0, 0));
+    assert!(!app.backing.has_recording(&id).await);
     // The pending retention purge went with it.
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM job WHERE conversation_id = ? AND kind = 'retention_purge'",
             &id
         )
@@ -260,15 +268,14 @@ async fn fifty_concurrent_hard_deletes_of_one_id_give_exactly_one_204() {
     app.wait_for_jobs().await;
     let db = app.db().await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?",
             &id
         )
         .await,
         1
     );
-    assert!(!recording_path(app.data_dir(), &id).exists());
+    assert!(!app.backing.has_recording(&id).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,6 +299,42 @@ async fn concurrent_ends_reads_and_deletes_never_fail_with_a_500() {
     app.wait_for_jobs().await;
     // Whatever the interleaving, the hard delete won: nothing of it is left.
     let db = app.db().await;
-    assert_eq!(rows_of(&db, &id).await, (0, 0, 0));
-    assert!(!app.data_dir().join("blobs/conversations").join(&id).exists());
+    assert_eq!(db.rows_of(&id).await, (0, 0, 0));
+    assert!(app.backing.blob_keys(&id).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_mid_request_never_break_later_writes() {
+    let app = TestApp::spawn_with(|c| c.max_concurrent_conversations = 1000).await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(app.ended(json!({})).await);
+    }
+    // Clients that give up after a moment, so requests are dropped at every stage of their work.
+    for (i, id) in ids.iter().enumerate() {
+        let impatient = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_micros(200 + 150 * (i as u64 % 20)))
+            .build()
+            .unwrap();
+        let hard = if i % 3 == 0 { "?hard=true" } else { "" };
+        let _ = impatient
+            .delete(format!("{}/v2/conversations/{id}{hard}", app.base))
+            .header("x-api-key", &app.key)
+            .send()
+            .await;
+    }
+    // Every request that reached the server ran to completion, and writes still work.
+    let (status, body) =
+        crate::support::send(app.req(Method::POST, "/v2/conversations").json(&json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.wait_for_jobs().await;
+    let fresh = app
+        .ended(json!({ "properties": { "enable_recording": true } }))
+        .await;
+    let (status, _) = app
+        .call(Method::DELETE, &format!("/v2/conversations/{fresh}?hard=true"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.wait_for_jobs().await;
+    assert!(app.backing.blob_keys(&fresh).await.is_empty());
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Proc, TestApp, cli_new_key, count, eventually, parley, recording_path};
+use crate::support::{Backing, Proc, TestApp, cli_new_key, eventually};
 
 fn is_wire_timestamp(v: &Value) -> bool {
     let s = v.as_str().unwrap_or_default();
@@ -59,12 +59,12 @@ async fn create_returns_the_documented_fields_and_stores_every_create_field() {
     assert!(c["meeting_token"].as_str().is_some_and(|t| !t.is_empty()));
 
     let db = app.db().await;
-    let stored: String =
-        sqlx::query_scalar("SELECT request_json FROM conversation WHERE conversation_id = ?")
-            .bind(id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let stored: String = db
+        .text(
+            "SELECT request_json FROM conversation WHERE conversation_id = ?",
+            id,
+        )
+        .await;
     let stored: Value = serde_json::from_str(&stored).unwrap();
     let mut expected = body.clone();
     expected.as_object_mut().unwrap().remove("not_a_field");
@@ -124,10 +124,7 @@ async fn unknown_replicas_and_personas_are_rejected_without_storing_anything() {
         );
     }
     let db = app.db().await;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversation")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let n: i64 = db.scalar("SELECT COUNT(*) FROM conversation").await;
     assert_eq!(n, 0);
 }
 
@@ -205,7 +202,13 @@ async fn end_produces_the_events_and_a_real_recording() {
     let wav = res.bytes().await.unwrap();
     assert_eq!(&wav[..4], b"RIFF");
     assert_eq!(&wav[8..12], b"WAVE");
-    assert_eq!(wav, std::fs::read(recording_path(app.data_dir(), &id)).unwrap());
+    let stored = app
+        .backing
+        .blobs()
+        .get(&format!("conversations/{id}/assets/recording.wav"))
+        .await
+        .unwrap();
+    assert_eq!(wav, stored);
     // 8 kHz, 16-bit mono: two bytes a sample, a second or more of call.
     assert!(wav.len() >= 44 + 16_000, "{}", wav.len());
 }
@@ -219,7 +222,7 @@ async fn a_conversation_without_recording_has_no_recording() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"].as_str().unwrap().contains("No recording"));
-    assert!(!app.data_dir().join("blobs/conversations").join(&id).exists());
+    assert!(app.backing.blob_keys(&id).await.is_empty());
 }
 
 #[tokio::test]
@@ -252,7 +255,8 @@ async fn the_concurrency_cap_counts_active_conversations_only() {
     app.wait_for_jobs().await;
     let db = app.db().await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM event WHERE conversation_id = ?", id).await,
+        db.count("SELECT COUNT(*) FROM event WHERE conversation_id = ?", id)
+            .await,
         0
     );
 }
@@ -266,10 +270,9 @@ async fn concurrent_creates_never_exceed_the_cap() {
     let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
     assert_eq!(ok, 5);
     let db = app.db().await;
-    let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversation WHERE status = 'active'")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let active: i64 = db
+        .scalar("SELECT COUNT(*) FROM conversation WHERE status = 'active'")
+        .await;
     assert_eq!(active, 5);
 }
 
@@ -286,17 +289,11 @@ async fn soft_deleted_conversations_are_purged_when_retention_ends_unless_restor
         app.call(Method::DELETE, &format!("/v2/conversations/{id}")).await;
     }
     // An operator restores one in time.
-    let out = parley()
-        .args(["conversations", "restore", &saved, "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    app.backing.cli(&["conversations", "restore", &saved]);
 
     let db = app.db().await;
     eventually("retention purges the soft-deleted conversation", || async {
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?",
             &doomed,
         )
@@ -305,32 +302,29 @@ async fn soft_deleted_conversations_are_purged_when_retention_ends_unless_restor
     })
     .await;
     app.wait_for_jobs().await;
-    assert_eq!(crate::support::rows_of(&db, &doomed).await, (0, 0, 0));
-    assert!(!recording_path(app.data_dir(), &doomed).exists());
+    assert_eq!(db.rows_of(&doomed).await, (0, 0, 0));
+    assert!(!app.backing.has_recording(&doomed).await);
     let (status, _) = app.call(Method::GET, &format!("/v2/conversations/{saved}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(recording_path(app.data_dir(), &saved).exists());
-    let reason: String = sqlx::query_scalar("SELECT reason FROM erasure_receipt WHERE conversation_id = ?")
-        .bind(&doomed)
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    assert!(app.backing.has_recording(&saved).await);
+    let reason: String = db
+        .text(
+            "SELECT reason FROM erasure_receipt WHERE conversation_id = ?",
+            &doomed,
+        )
+        .await;
     assert_eq!(reason, "retention_expired");
 }
 
 #[tokio::test]
 async fn keys_are_managed_by_the_cli_while_the_server_runs() {
     let app = TestApp::spawn().await;
-    let key = cli_new_key(app.data_dir(), "team-b");
+    let key = cli_new_key(&app.backing, "team-b");
     let (status, _) = app.call_as(&key, Method::GET, "/v2/conversations").await;
     assert_eq!(status, StatusCode::OK);
 
-    let out = parley()
-        .args(["keys", "list", "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    let listing = String::from_utf8(out.stdout).unwrap();
+    let out = app.backing.cli(&["keys", "list"]);
+    let listing = out;
     assert!(
         listing.contains("team-b") && listing.contains("default"),
         "{listing}"
@@ -340,7 +334,7 @@ async fn keys_are_managed_by_the_cli_while_the_server_runs() {
         "never a secret: {listing}"
     );
     // Only a hash is stored.
-    assert!(crate::support::files_containing(app.data_dir(), key.as_bytes()).is_empty());
+    assert!(!app.backing.holds(&key).await);
 
     let key_id = listing
         .lines()
@@ -348,12 +342,7 @@ async fn keys_are_managed_by_the_cli_while_the_server_runs() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_owned();
-    let out = parley()
-        .args(["keys", "revoke", &key_id, "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    app.backing.cli(&["keys", "revoke", &key_id]);
     let got = app.call_as(&key, Method::GET, "/v2/conversations").await;
     assert_eq!(
         got,
@@ -365,18 +354,19 @@ async fn keys_are_managed_by_the_cli_while_the_server_runs() {
     assert_eq!(app.call(Method::GET, "/v2/conversations").await.0, StatusCode::OK);
 }
 
-#[test]
-fn the_binary_prints_its_first_key_once_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = Proc::start(dir.path(), &[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_its_first_key_once_and_stops_cleanly_on_sigterm() {
+    let dir = Backing::fresh().await;
+    let mut first = Proc::start(&dir, &[]);
     let key = first.key.clone().expect("first start prints a key");
-    let client = reqwest::blocking::Client::new();
-    let res = client
-        .get(format!("{}/v2/conversations", first.base))
-        .header("x-api-key", &key)
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    let client = reqwest::Client::new();
+    let list = |base: &str| {
+        client
+            .get(format!("{base}/v2/conversations"))
+            .header("x-api-key", &key)
+            .send()
+    };
+    assert_eq!(list(&first.base).await.unwrap().status(), StatusCode::OK);
 
     let pid = first.child.id().to_string();
     assert!(
@@ -386,16 +376,10 @@ fn the_binary_prints_its_first_key_once_and_stops_cleanly_on_sigterm() {
             .unwrap()
             .success()
     );
-    let mut first = first;
     let status = first.child.wait().unwrap();
     assert!(status.success(), "{status}");
 
-    let second = Proc::start(dir.path(), &[]);
+    let second = Proc::start(&dir, &[]);
     assert!(second.key.is_none(), "the key is shown once");
-    let res = client
-        .get(format!("{}/v2/conversations", second.base))
-        .header("x-api-key", &key)
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(list(&second.base).await.unwrap().status(), StatusCode::OK);
 }

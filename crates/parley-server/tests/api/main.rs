@@ -7,6 +7,8 @@ mod delete;
 mod erasure;
 mod lifecycle;
 mod list;
+mod multiprocess;
+mod outage;
 mod room;
 mod support;
 mod timers;

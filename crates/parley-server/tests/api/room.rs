@@ -139,12 +139,12 @@ async fn a_person_joins_hears_the_greeting_leaves_and_the_call_ends() {
     wait_text(&browser, "greeting", |t| t == greeting).await;
     wait_text(&browser, "participants", |t| t == "1 person in the room").await;
     let db = app.db().await;
-    let present: i64 =
-        sqlx::query_scalar("SELECT participants_present FROM conversation WHERE conversation_id = ?")
-            .bind(&id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let present: i64 = db
+        .count(
+            "SELECT participants_present FROM conversation WHERE conversation_id = ?",
+            &id,
+        )
+        .await;
     assert_eq!(present, 1);
 
     click(&browser, "leave").await;

@@ -6,19 +6,300 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use parley_blobs::Blobs;
 use parley_server::{ServeConfig, Server};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 use tempfile::TempDir;
+
+/// Where a test's servers keep their state: SQLite and a blob folder in a fresh directory, or
+/// (with `PARLEY_TEST_BACKEND=postgres`) a fresh PostgreSQL database and a fresh S3 prefix.
+#[derive(Clone)]
+pub struct Backing {
+    dir: Arc<TempDir>,
+    database_url: Option<String>,
+    blob_url: Option<String>,
+    s3_endpoint: Option<String>,
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Backing {
+    /// Fresh state for one test.
+    pub async fn fresh() -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        match std::env::var("PARLEY_TEST_BACKEND").as_deref() {
+            Ok("postgres") => {
+                let admin_url = std::env::var("PARLEY_TEST_POSTGRES_URL")
+                    .expect("PARLEY_TEST_BACKEND=postgres needs PARLEY_TEST_POSTGRES_URL");
+                let name = format!("parley_test_{}", random_suffix());
+                let admin = sqlx::PgPool::connect(&admin_url)
+                    .await
+                    .expect("the test PostgreSQL answers");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+                let mut url = url::Url::parse(&admin_url).unwrap();
+                url.set_path(&format!("/{name}"));
+                let bucket = std::env::var("PARLEY_TEST_S3_BUCKET").expect("PARLEY_TEST_S3_BUCKET");
+                Self {
+                    dir,
+                    database_url: Some(url.to_string()),
+                    blob_url: Some(format!("s3://{bucket}/test-{}", random_suffix())),
+                    s3_endpoint: Some(
+                        std::env::var("PARLEY_TEST_S3_ENDPOINT").expect("PARLEY_TEST_S3_ENDPOINT"),
+                    ),
+                }
+            }
+            Ok("sqlite") | Err(_) => Self {
+                dir,
+                database_url: None,
+                blob_url: None,
+                s3_endpoint: None,
+            },
+            Ok(other) => panic!("unknown PARLEY_TEST_BACKEND {other:?}"),
+        }
+    }
+
+    /// State on given servers: a PostgreSQL URL and an S3 bucket URL with its endpoint.
+    pub fn shared(database_url: String, blob_url: String, s3_endpoint: String) -> Self {
+        Self {
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            database_url: Some(database_url),
+            blob_url: Some(blob_url),
+            s3_endpoint: Some(s3_endpoint),
+        }
+    }
+
+    /// True for the embedded default, whose files the tests can read byte by byte.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.is_none()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A server config on this state.
+    pub fn config(&self) -> ServeConfig {
+        let mut config = ServeConfig::for_tests(self.data_dir().to_owned());
+        config.store.database_url = self.database_url.clone();
+        config.blobs.blob_url = self.blob_url.clone();
+        config.blobs.s3_endpoint = self.s3_endpoint.clone();
+        config
+    }
+
+    /// The flags that point a `parley` command at this state.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["--data-dir".to_owned(), self.data_dir().display().to_string()];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".to_owned(), url.clone()]);
+        }
+        args
+    }
+
+    /// The flags that point `parley serve` at this state.
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut args = self.args();
+        if let Some(url) = &self.blob_url {
+            args.extend(["--blob-url".to_owned(), url.clone()]);
+        }
+        if let Some(endpoint) = &self.s3_endpoint {
+            args.extend(["--s3-endpoint".to_owned(), endpoint.clone()]);
+        }
+        args
+    }
+
+    /// A connection to the database, to check rows directly.
+    pub async fn db(&self) -> TestDb {
+        sqlx::any::install_default_drivers();
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=ro", self.data_dir().join("parley.db").display()),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb {
+            pool,
+            postgres: !self.is_sqlite(),
+        }
+    }
+
+    /// The blob store, to check objects directly.
+    pub fn blobs(&self) -> Blobs {
+        match &self.blob_url {
+            Some(url) => Blobs::s3(url, self.s3_endpoint.as_deref(), None).unwrap(),
+            None => Blobs::local(&self.data_dir().join("blobs")).unwrap(),
+        }
+    }
+
+    /// Keys of every blob of a conversation.
+    pub async fn blob_keys(&self, id: &str) -> Vec<String> {
+        let id = parley_domain::ConversationId::parse(id).unwrap();
+        self.blobs().list_conversation(&id).await.unwrap()
+    }
+
+    /// Whether the conversation's recording is in the blob store.
+    pub async fn has_recording(&self, id: &str) -> bool {
+        self.blob_keys(id)
+            .await
+            .iter()
+            .any(|k| k.ends_with("/assets/recording.wav"))
+    }
+
+    /// Where content could hide: every file of an embedded store, or every row of a shared one.
+    pub async fn holds(&self, needle: &str) -> bool {
+        if self.is_sqlite() {
+            !files_containing(self.data_dir(), needle.as_bytes()).is_empty()
+        } else {
+            self.db().await.rows_mentioning(needle).await > 0
+        }
+    }
+
+    /// Runs `parley ARGS…` against this state; panics unless it succeeds; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = parley().args(args).args(self.args()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "parley {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A database connection for checks, on either backend (`?` placeholders work on both).
+pub struct TestDb {
+    pool: AnyPool,
+    postgres: bool,
+}
+
+impl TestDb {
+    fn sql(&self, sql: &str) -> String {
+        if !self.postgres {
+            return sql.to_owned();
+        }
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// One row, with string binds.
+    pub async fn row(&self, sql: &str, binds: &[&str]) -> AnyRow {
+        let sql = self.sql(sql);
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Every row, with string binds.
+    pub async fn rows(&self, sql: &str, binds: &[&str]) -> Vec<AnyRow> {
+        let sql = self.sql(sql);
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.fetch_all(&self.pool).await.unwrap()
+    }
+
+    /// `SELECT COUNT(*) …` (or any integer) with one bound id.
+    pub async fn count(&self, sql: &str, id: &str) -> i64 {
+        self.row(sql, &[id]).await.get(0)
+    }
+
+    /// An integer from a query without parameters.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        self.row(sql, &[]).await.get(0)
+    }
+
+    /// A text value with one bound id.
+    pub async fn text(&self, sql: &str, id: &str) -> String {
+        self.row(sql, &[id]).await.get(0)
+    }
+
+    /// Jobs whose time has come, finished or not.
+    pub async fn due_jobs(&self) -> i64 {
+        let sql = self.sql("SELECT COUNT(*) FROM job WHERE run_at <= ?");
+        let now = chrono::Utc::now().timestamp_micros();
+        sqlx::query(&sql)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Row counts of one conversation: (conversation, event, asset).
+    pub async fn rows_of(&self, id: &str) -> (i64, i64, i64) {
+        (
+            self.count("SELECT COUNT(*) FROM conversation WHERE conversation_id = ?", id)
+                .await,
+            self.count("SELECT COUNT(*) FROM event WHERE conversation_id = ?", id)
+                .await,
+            self.count("SELECT COUNT(*) FROM asset WHERE conversation_id = ?", id)
+                .await,
+        )
+    }
+
+    /// Rows, in any table, whose text mentions `needle` (PostgreSQL only: a row cast to text).
+    pub async fn rows_mentioning(&self, needle: &str) -> i64 {
+        assert!(self.postgres, "on SQLite, read the files instead");
+        let mut total = 0;
+        for table in [
+            "account",
+            "api_key",
+            "conversation",
+            "event",
+            "asset",
+            "participant",
+            "delivery",
+            "erasure_receipt",
+            "job",
+        ] {
+            let sql = format!("SELECT COUNT(*) FROM {table} t WHERE t::text LIKE '%' || $1 || '%'");
+            let n: i64 = sqlx::query(&sql)
+                .bind(needle)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap()
+                .get(0);
+            total += n;
+        }
+        total
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
 
 /// A server running in this test process.
 pub struct TestApp {
     pub base: String,
     pub key: String,
     pub client: reqwest::Client,
-    dir: TempDir,
+    pub backing: Backing,
     server: Option<Server>,
 }
 
@@ -30,8 +311,12 @@ impl TestApp {
 
     /// A server with adjusted settings on a fresh data directory.
     pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = ServeConfig::for_tests(dir.path().to_owned());
+        Self::spawn_on(Backing::fresh().await, adjust).await
+    }
+
+    /// A server on given state.
+    pub async fn spawn_on(backing: Backing, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = backing.config();
         adjust(&mut config);
         let server = parley_server::start(config).await.expect("server starts");
         let key = server
@@ -42,13 +327,13 @@ impl TestApp {
             base: format!("http://{}", server.addr),
             key,
             client: reqwest::Client::new(),
-            dir,
+            backing,
             server: Some(server),
         }
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        self.backing.data_dir()
     }
 
     /// A request with this app's key.
@@ -98,7 +383,9 @@ impl TestApp {
     pub async fn wait_joined(&self, id: &str) {
         let db = self.db().await;
         eventually("the replica joins", || async {
-            count(&db, "SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.replica_joined'", id).await == 1
+            db.count("SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.replica_joined'", id)
+                .await
+                == 1
         })
         .await;
         db.close().await;
@@ -113,29 +400,27 @@ impl TestApp {
         send(self.req_as(key, method, path)).await
     }
 
-    /// A read-only connection to the database, to check rows directly.
-    pub async fn db(&self) -> SqlitePool {
-        open_db(self.data_dir()).await
+    /// A connection to the database, to check rows directly.
+    pub async fn db(&self) -> TestDb {
+        self.backing.db().await
     }
 
     /// Waits until no background job is due (retention purges weeks away do not count).
     pub async fn wait_for_jobs(&self) {
-        let db = self.db().await;
-        eventually("the job queue drains", || async { due_jobs(&db).await == 0 }).await;
-        db.close().await;
+        self.backing.wait_for_jobs().await;
     }
 
     /// Makes a key for another account with the `parley keys create` command.
     pub fn new_key(&self, account: &str) -> String {
-        cli_new_key(self.data_dir(), account)
+        cli_new_key(&self.backing, account)
     }
 
-    /// Stops the server gracefully.
-    pub async fn stop(mut self) -> TempDir {
+    /// Stops the server gracefully; the state stays for inspection.
+    pub async fn stop(mut self) -> Backing {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
         }
-        self.dir
+        self.backing
     }
 }
 
@@ -165,55 +450,6 @@ pub fn invalid_id() -> Value {
     json!({ "error": "Invalid conversation_id" })
 }
 
-/// Opens a read-only pool on a data directory's database.
-pub async fn open_db(data_dir: &Path) -> SqlitePool {
-    let options = SqliteConnectOptions::new()
-        .filename(data_dir.join("parley.db"))
-        .read_only(true);
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap()
-}
-
-/// `SELECT COUNT(*) …` with one bound id.
-pub async fn count(db: &SqlitePool, sql: &str, id: &str) -> i64 {
-    sqlx::query(sql).bind(id).fetch_one(db).await.unwrap().get(0)
-}
-
-/// Jobs whose time has come, finished or not.
-pub async fn due_jobs(db: &SqlitePool) -> i64 {
-    let now = chrono::Utc::now().timestamp_micros();
-    sqlx::query_scalar("SELECT COUNT(*) FROM job WHERE run_at <= ?")
-        .bind(now)
-        .fetch_one(db)
-        .await
-        .unwrap()
-}
-
-/// Row counts of one conversation: (conversation, event, asset).
-pub async fn rows_of(db: &SqlitePool, id: &str) -> (i64, i64, i64) {
-    (
-        count(
-            db,
-            "SELECT COUNT(*) FROM conversation WHERE conversation_id = ?",
-            id,
-        )
-        .await,
-        count(db, "SELECT COUNT(*) FROM event WHERE conversation_id = ?", id).await,
-        count(db, "SELECT COUNT(*) FROM asset WHERE conversation_id = ?", id).await,
-    )
-}
-
-/// Where a conversation's recording lives on disk.
-pub fn recording_path(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir
-        .join("blobs/conversations")
-        .join(id)
-        .join("assets/recording.wav")
-}
-
 /// Every file under `dir` whose bytes contain `needle`.
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -231,6 +467,15 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+impl Backing {
+    /// Waits until no background job is due (retention purges weeks away do not count).
+    pub async fn wait_for_jobs(&self) {
+        let db = self.db().await;
+        eventually("the job queue drains", || async { db.due_jobs().await == 0 }).await;
+        db.close().await;
+    }
 }
 
 /// Polls `check` until it holds, failing after 15 s.
@@ -252,14 +497,8 @@ pub fn parley() -> Command {
 }
 
 /// `parley keys create --account NAME`: the key, alone on stdout.
-pub fn cli_new_key(data_dir: &Path, account: &str) -> String {
-    let out = parley()
-        .args(["keys", "create", "--account", account, "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+pub fn cli_new_key(backing: &Backing, account: &str) -> String {
+    let stdout = backing.cli(&["keys", "create", "--account", account]);
     let key = stdout.trim_end_matches('\n');
     assert!(
         !key.contains('\n') && key.len() == 32,
@@ -277,8 +516,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `parley serve` on `data_dir` (port 0) with extra flags, and waits until it listens.
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+    /// Starts `parley serve` on `backing` (port 0) with extra flags, and waits until it listens.
+    pub fn start(backing: &Backing, extra: &[&str]) -> Self {
         let child = parley()
             .args([
                 "serve",
@@ -288,9 +527,13 @@ impl Proc {
                 "0s",
                 "--job-poll-interval",
                 "50ms",
+                // Short leases, so a killed process's claimed work is taken over within a test.
+                "--job-lease",
+                "3s",
+                "--webhook-timeout",
+                "1s",
             ])
-            .arg("--data-dir")
-            .arg(data_dir)
+            .args(backing.serve_args())
             .args(extra)
             .env("PARLEY_LOG", "warn")
             .stdout(Stdio::null())

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sqlx::Row;
 
-use crate::support::{Proc, TestApp, count, eventually, open_db};
+use crate::support::{Backing, Proc, TestApp, eventually};
 
 async fn shutdown_reason(app: &TestApp, id: &str) -> Option<String> {
     let (_, c) = app
@@ -116,8 +117,7 @@ async fn a_replica_that_cannot_join_ends_the_call() {
     );
     let db = app.db().await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.replica_joined'",
             &id
         )
@@ -128,9 +128,9 @@ async fn a_replica_that_cannot_join_ends_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_timer_survives_a_restart_and_fires_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Backing::fresh().await;
     let client = reqwest::Client::new();
-    let first = Proc::start(dir.path(), &[]);
+    let first = Proc::start(&dir, &[]);
     let key = first.key.clone().unwrap();
     let create = |props: Value| {
         let req = client
@@ -174,12 +174,11 @@ async fn every_timer_survives_a_restart_and_fires_once() {
         (&absent, "participant_absent_timeout reached"),
         (&left, "participant_left_timeout reached"),
     ];
-    let db = open_db(dir.path()).await;
-    let second = Proc::start(dir.path(), &[]);
+    let db = dir.db().await;
+    let second = Proc::start(&dir, &[]);
     for (id, _) in expected {
         eventually("the timer fires after the restart", || async {
-            count(
-                &db,
+            db.count(
                 "SELECT COUNT(*) FROM conversation WHERE conversation_id = ? AND status = 'ended'",
                 id,
             )
@@ -190,17 +189,22 @@ async fn every_timer_survives_a_restart_and_fires_once() {
     }
     drop(second);
     // And after another restart: nothing fires twice.
-    let third = Proc::start(dir.path(), &[]);
+    let third = Proc::start(&dir, &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (id, reason) in expected {
-        let reasons: Vec<String> = sqlx::query_scalar(
-            "SELECT json_extract(properties, '$.shutdown_reason') FROM event \
-             WHERE conversation_id = ? AND event_type = 'system.shutdown'",
-        )
-        .bind(id)
-        .fetch_all(&db)
-        .await
-        .unwrap();
+        let rows = db
+            .rows(
+                "SELECT properties FROM event WHERE conversation_id = ? AND event_type = 'system.shutdown'",
+                &[id],
+            )
+            .await;
+        let reasons: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let props: Value = serde_json::from_str(&r.get::<String, _>(0)).unwrap();
+                props["shutdown_reason"].as_str().unwrap().to_owned()
+            })
+            .collect();
         assert_eq!(reasons, [reason], "{id}");
     }
     drop(third);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{Proc, Receiver, TestApp, count, eventually, files_containing, open_db, parley};
+use crate::support::{Backing, Proc, Receiver, TestApp, eventually};
 
 const ALL_EVENTS: [&str; 5] = [
     "system.replica_joined",
@@ -96,12 +96,12 @@ async fn every_event_arrives_once_in_order_in_the_documented_envelope() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.hits().len(), 5, "nothing is sent twice");
     let db = app.db().await;
-    let done = count(
-        &db,
-        "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND status = 'delivered'",
-        &id,
-    )
-    .await;
+    let done = db
+        .count(
+            "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND status = 'delivered'",
+            &id,
+        )
+        .await;
     assert_eq!(done, 5);
 }
 
@@ -155,21 +155,21 @@ async fn a_receiver_that_is_down_for_a_while_gets_everything_when_it_comes_up() 
         .await;
     let db = app.db().await;
     eventually("a few attempts are refused", || async {
-        let attempts: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(attempts), 0) FROM delivery WHERE conversation_id = ?")
-                .bind(&id)
-                .fetch_one(&db)
-                .await
-                .unwrap();
+        let attempts: i64 = db
+            .count(
+                "SELECT COALESCE(MAX(attempts), 0) FROM delivery WHERE conversation_id = ?",
+                &id,
+            )
+            .await;
         attempts >= 3
     })
     .await;
-    let error: String =
-        sqlx::query_scalar("SELECT last_error FROM delivery WHERE conversation_id = ? AND attempts > 0")
-            .bind(&id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let error: String = db
+        .text(
+            "SELECT last_error FROM delivery WHERE conversation_id = ? AND attempts > 0",
+            &id,
+        )
+        .await;
     assert_eq!(error, "connection failed");
 
     let receiver = Receiver::start_on(port).await;
@@ -187,12 +187,12 @@ async fn a_receiver_that_is_down_for_a_while_gets_everything_when_it_comes_up() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_before_delivering_delivers_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Backing::fresh().await;
     let client = reqwest::Client::new();
     let receiver = Receiver::start().await;
     // A process that runs no background work commits events and deliveries but never sends them:
     // killing it is a kill between the event and its delivery.
-    let first = Proc::start(dir.path(), &["--run-jobs", "false"]);
+    let first = Proc::start(&dir, &["--run-jobs", "false"]);
     let key = first.key.clone().unwrap();
     let body = json!({ "callback_url": receiver.url, "properties": { "enable_recording": true } });
     let res = client
@@ -213,10 +213,9 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let db = open_db(dir.path()).await;
+    let db = dir.db().await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND status = 'pending'",
             &id
         )
@@ -226,7 +225,7 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
     first.kill();
     assert!(receiver.hits().is_empty());
 
-    let second = Proc::start(dir.path(), &[]);
+    let second = Proc::start(&dir, &[]);
     let hits = receiver.wait_delivered(3).await;
     assert_eq!(
         types(&hits),
@@ -256,15 +255,13 @@ async fn a_hard_delete_before_delivery_sends_no_content_but_still_the_shutdown()
     app.wait_joined(&live).await;
     let db = app.db().await;
     assert!(
-        count(
-            &db,
-            "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND carries_content = 1",
+        db.count("SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND CAST(carries_content AS INTEGER) = 1",
             &ended
         )
         .await
             >= 2
     );
-    assert!(!files_containing(app.data_dir(), marker.as_bytes()).is_empty());
+    assert!(app.backing.holds(marker).await);
 
     for id in [&ended, &live] {
         let (status, _) = app
@@ -274,16 +271,14 @@ async fn a_hard_delete_before_delivery_sends_no_content_but_still_the_shutdown()
     }
     app.wait_for_jobs().await;
     assert_eq!(
-        count(
-            &db,
-            "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND carries_content = 1",
+        db.count("SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND CAST(carries_content AS INTEGER) = 1",
             &ended
         )
         .await,
         0
     );
     assert!(
-        files_containing(app.data_dir(), marker.as_bytes()).is_empty(),
+        !app.backing.holds(marker).await,
         "the queued transcript is erased too"
     );
 
@@ -316,19 +311,12 @@ async fn a_hard_delete_before_delivery_sends_no_content_but_still_the_shutdown()
     eventually(
         "sent deliveries of erased conversations are forgotten",
         || async {
-            count(
-                &db,
-                "SELECT COUNT(*) FROM delivery WHERE conversation_id = ?",
-                &ended,
-            )
-            .await
-                == 0
-                && count(
-                    &db,
-                    "SELECT COUNT(*) FROM delivery WHERE conversation_id = ?",
-                    &live,
-                )
+            db.count("SELECT COUNT(*) FROM delivery WHERE conversation_id = ?", &ended)
                 .await
+                == 0
+                && db
+                    .count("SELECT COUNT(*) FROM delivery WHERE conversation_id = ?", &live)
+                    .await
                     == 0
         },
     )
@@ -359,13 +347,8 @@ async fn a_hung_receiver_blocks_neither_the_api_nor_other_receivers() {
 #[tokio::test]
 async fn deliveries_are_signed_with_the_account_secret() {
     let app = TestApp::spawn().await;
-    let out = parley()
-        .args(["webhooks", "secret", "--account", "default", "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = app.backing.cli(&["webhooks", "secret", "--account", "default"]);
+    let secret = out.trim().to_owned();
     assert!(secret.starts_with("whsec_"));
     let receiver = Receiver::start().await;
     app.ended(json!({ "callback_url": receiver.url })).await;
@@ -387,8 +370,7 @@ async fn failed_deliveries_are_given_up_listed_and_retried_by_the_operator() {
     let id = app.create(json!({ "callback_url": receiver.url })).await;
     let db = app.db().await;
     eventually("the delivery is given up", || async {
-        count(
-            &db,
+        db.count(
             "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND status = 'failed'",
             &id,
         )
@@ -397,12 +379,8 @@ async fn failed_deliveries_are_given_up_listed_and_retried_by_the_operator() {
     })
     .await;
 
-    let out = parley()
-        .args(["webhooks", "list", "--failed", "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    let listing = String::from_utf8(out.stdout).unwrap();
+    let out = app.backing.cli(&["webhooks", "list", "--failed"]);
+    let listing = out;
     let line = listing
         .lines()
         .find(|l| l.contains(&id))
@@ -415,22 +393,13 @@ async fn failed_deliveries_are_given_up_listed_and_retried_by_the_operator() {
 
     // The receiver is fixed.
     receiver.clear_script();
-    let out = parley()
-        .args(["webhooks", "retry", &delivery_id, "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    app.backing.cli(&["webhooks", "retry", &delivery_id]);
     eventually("the retried delivery lands", || async {
         receiver.delivered().iter().any(|h| h.delivery_id == delivery_id)
     })
     .await;
-    let out = parley()
-        .args(["webhooks", "list", "--conversation", &id, "--data-dir"])
-        .arg(app.data_dir())
-        .output()
-        .unwrap();
-    let listing = String::from_utf8(out.stdout).unwrap();
+    let out = app.backing.cli(&["webhooks", "list", "--conversation", &id]);
+    let listing = out;
     assert!(
         listing
             .lines()
@@ -461,9 +430,6 @@ async fn shared_deployments_refuse_private_callback_urls() {
         );
     }
     let db = app.db().await;
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversation")
-        .fetch_one(&db)
-        .await
-        .unwrap();
+    let n: i64 = db.scalar("SELECT COUNT(*) FROM conversation").await;
     assert_eq!(n, 0);
 }

@@ -1,0 +1,202 @@
+//! Several `parley serve` processes on one shared store: each job once, one truth.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Backing, Proc, Receiver, eventually, parley};
+
+async fn create(client: &reqwest::Client, base: &str, key: &str, body: Value) -> String {
+    let res = client
+        .post(format!("{base}/v2/conversations"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json::<Value>().await.unwrap()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_refuses_a_second_server() {
+    let backing = Backing::fresh().await;
+    if !backing.is_sqlite() {
+        // A shared store takes any number of servers: the next tests cover that.
+        return;
+    }
+    let _first = Proc::start(&backing, &[]);
+    let out = parley()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(backing.serve_args())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another `parley serve` is using"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_shared_store_run_every_job_once() {
+    let backing = Backing::fresh().await;
+    if backing.is_sqlite() {
+        // One server per embedded store (see above); sharing needs PostgreSQL.
+        return;
+    }
+    let client = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let a = Proc::start(&backing, &[]);
+    let b = Proc::start(&backing, &[]);
+    let key = a
+        .key
+        .clone()
+        .or(b.key.clone())
+        .expect("one of them made the first key");
+    let bases = [a.base.clone(), b.base.clone()];
+
+    // Created on one, ended on the other.
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let body = json!({ "callback_url": receiver.url, "properties": { "enable_recording": true } });
+        let id = create(&client, &bases[i % 2], &key, body).await;
+        ids.push(id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let db = backing.db().await;
+        eventually("the replica joins", || async {
+            db.count("SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.replica_joined'", id)
+                .await
+                == 1
+        })
+        .await;
+        let res = client
+            .post(format!("{}/v2/conversations/{id}/end", bases[(i + 1) % 2]))
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    // joined, shutdown, transcript, recording: each conversation's four, each once, in order.
+    receiver.wait_delivered(ids.len() * 4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits = receiver.hits();
+    let mut per_conversation: HashMap<String, Vec<String>> = HashMap::new();
+    for hit in &hits {
+        per_conversation
+            .entry(hit.body["conversation_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(hit.event_type().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(
+            per_conversation[id],
+            [
+                "system.replica_joined",
+                "system.shutdown",
+                "application.transcription_ready",
+                "application.recording_ready"
+            ],
+            "{id}"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = hits.iter().map(|h| h.delivery_id.clone()).collect();
+    assert_eq!(distinct.len(), hits.len(), "no delivery was sent twice");
+
+    // Concurrent hard deletes of one conversation through both processes: exactly one 204.
+    let target = &ids[0];
+    let deletes = (0..20).map(|i| {
+        client
+            .delete(format!("{}/v2/conversations/{target}?hard=true", bases[i % 2]))
+            .header("x-api-key", &key)
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(deletes)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::NO_CONTENT).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::NO_CONTENT || *s == StatusCode::BAD_REQUEST)
+    );
+    backing.wait_for_jobs().await;
+    let db = backing.db().await;
+    assert_eq!(db.rows_of(target).await, (0, 0, 0));
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM erasure_receipt WHERE conversation_id = ?",
+            target
+        )
+        .await,
+        1
+    );
+    assert!(backing.blob_keys(target).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_mid_delivery_has_its_work_finished_by_another() {
+    let backing = Backing::fresh().await;
+    if backing.is_sqlite() {
+        return;
+    }
+    let client = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    receiver.hang();
+    let doomed = Proc::start(&backing, &[]);
+    let key = doomed.key.clone().unwrap();
+    let id = create(
+        &client,
+        &doomed.base,
+        &key,
+        json!({ "callback_url": receiver.url }),
+    )
+    .await;
+    // The doomed process is in the middle of delivering the join when it dies.
+    eventually("a delivery attempt is under way", || async {
+        backing
+            .db()
+            .await
+            .count(
+                "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND locked_until IS NOT NULL",
+                &id,
+            )
+            .await
+            == 1
+    })
+    .await;
+    doomed.kill();
+    receiver.release();
+    let survivor = Proc::start(&backing, &[]);
+    // Only a live process can record the delivery as done.
+    let db = backing.db().await;
+    eventually(
+        "the survivor delivers once the dead process's lease expires",
+        || async {
+            db.count(
+                "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND status = 'delivered'",
+                &id,
+            )
+            .await
+                >= 1
+        },
+    )
+    .await;
+    let hits = receiver.delivered();
+    assert!(
+        hits.iter()
+            .all(|h| h.event_type() == "system.replica_joined" && h.body["conversation_id"] == id.as_str())
+    );
+    drop(survivor);
+}
