@@ -23,10 +23,12 @@ case "$cmd" in
     fi
     nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
     echo $! >"$dir/moto.pid"
-    for _ in $(seq 100); do
+    # A loaded machine can take a while to import moto.
+    for _ in $(seq 600); do
       curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
       sleep 0.1
     done
+    curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 || { cat "$dir/moto.log" >&2; echo "s3.sh: moto did not start" >&2; exit 1; }
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test "$venv/bin/python" - "$port" "$bucket" <<'PY'
 import sys, boto3
 port, bucket = sys.argv[1], sys.argv[2]

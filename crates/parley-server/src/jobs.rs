@@ -67,7 +67,7 @@ pub async fn run_claimed(state: &AppState, job: Job) {
         Ok(()) => {
             // A job may have written events; their deliveries can go now.
             state.wake_deliveries.notify_one();
-            if let Err(e) = state.store.complete_job(job.id).await {
+            if let Err(e) = state.store.complete_job(&job).await {
                 tracing::warn!(job.id = job.id, error = %e, "completing job failed; it will run again");
             }
             tracing::debug!(
@@ -88,7 +88,7 @@ pub async fn run_claimed(state: &AppState, job: Job) {
                 error = format!("{e:#}"),
                 "job failed; will retry"
             );
-            if let Err(e) = state.store.fail_job(job.id, &format!("{e:#}"), retry_at).await {
+            if let Err(e) = state.store.fail_job(&job, &format!("{e:#}"), retry_at).await {
                 tracing::warn!(job.id = job.id, error = %e, "recording job failure failed; the lease will expire");
             }
         }

@@ -98,7 +98,7 @@ async fn attempt(state: &AppState, client: &reqwest::Client, delivery: Delivery)
                 attempts = delivery.attempts,
                 "webhook delivered"
             );
-            state.store.delivery_succeeded(&delivery.id, now).await
+            state.store.delivery_succeeded(&delivery, now).await
         }
         Err(error) => {
             let elapsed =
@@ -112,7 +112,7 @@ async fn attempt(state: &AppState, client: &reqwest::Client, delivery: Delivery)
                     error = %error,
                     "webhook given up"
                 );
-                state.store.delivery_failed(&delivery.id, &error, None).await
+                state.store.delivery_failed(&delivery, &error, None, now).await
             } else {
                 let wait = backoff(settings.retry_base, delivery.attempts);
                 tracing::info!(
@@ -125,7 +125,7 @@ async fn attempt(state: &AppState, client: &reqwest::Client, delivery: Delivery)
                 let retry_at = now.plus_millis(wait.as_millis() as i64);
                 state
                     .store
-                    .delivery_failed(&delivery.id, &error, Some(retry_at))
+                    .delivery_failed(&delivery, &error, Some(retry_at), now)
                     .await
             }
         }

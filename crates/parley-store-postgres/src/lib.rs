@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp};
 use parley_store::{
     Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
-    ErasureReceipt, HardDeleteOutcome, Job, JobId, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
-    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome, SoftDeleteOutcome,
+    StoreError, StoreResult, StoredEvent,
 };
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
@@ -58,6 +58,63 @@ struct Vacuumer {
 }
 
 impl PostgresStore {
+    /// Ends a claimed delivery for good: delivered or given up, and forgotten if its conversation
+    /// was hard-deleted (nothing of an erased conversation is kept once sent or abandoned).
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        finish: Finish<'_>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let Some(conversation_id) = sqlx::query_scalar::<_, String>(
+            "SELECT conversation_id FROM delivery WHERE delivery_id = $1 AND attempts = $2",
+        )
+        .bind(&delivery.id)
+        .bind(i64::from(delivery.attempts))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?
+        else {
+            // Erased by a hard delete, or claimed again after our lease expired: not ours to record.
+            return Ok(());
+        };
+        // Holds off a concurrent hard delete until we commit (or sees that it committed), so
+        // either it finds this row finished and erases it, or we find the conversation gone and
+        // erase it ourselves; without the lock both could keep it. The conversation is locked
+        // before the delivery row, in the same order as every other writer, so no deadlock.
+        let alive: bool = sqlx::query("SELECT 1 FROM conversation WHERE conversation_id = $1 FOR KEY SHARE")
+            .bind(&conversation_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if !alive {
+            sqlx::query("DELETE FROM delivery WHERE delivery_id = $1")
+                .bind(&delivery.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        } else {
+            let (status, error) = match finish {
+                Finish::Delivered => ("delivered", None),
+                Finish::GivenUp(error) => ("failed", Some(error)),
+            };
+            sqlx::query(
+                "UPDATE delivery SET status = $1, finished_at = $2, locked_until = NULL, last_error = $3 \
+                 WHERE delivery_id = $4",
+            )
+            .bind(status)
+            .bind(now.as_micros())
+            .bind(error)
+            .bind(&delivery.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
     /// Connects to the database at `url` (`postgres://…`) and brings its schema up to date.
     ///
     /// Processes starting together are safe: sqlx holds an advisory lock while it migrates.
@@ -337,6 +394,12 @@ async fn insert_job(
     .await
     .map_err(map_err)?;
     Ok(())
+}
+
+/// How a delivery ended.
+enum Finish<'a> {
+    Delivered,
+    GivenUp(&'a str),
 }
 
 #[async_trait]
@@ -1076,64 +1139,31 @@ impl ConversationStore for PostgresStore {
         Ok(claimed.into_iter().map(|(_, d)| d).collect())
     }
 
-    async fn delivery_succeeded(&self, id: &str, now: Timestamp) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let Some(conversation_id) =
-            sqlx::query_scalar::<_, String>("SELECT conversation_id FROM delivery WHERE delivery_id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?
-        else {
-            // Already erased by a hard delete: nothing to record.
-            return Ok(());
-        };
-        // Holds off a concurrent hard delete until we commit (or sees that it committed), so
-        // either it finds this row delivered and erases it, or we find the conversation gone and
-        // erase it ourselves; without the lock both could keep it. The conversation is locked
-        // before the delivery row, in the same order as every other writer, so no deadlock.
-        let alive: bool = sqlx::query("SELECT 1 FROM conversation WHERE conversation_id = $1 FOR KEY SHARE")
-            .bind(&conversation_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .is_some();
-        if alive {
-            sqlx::query(
-                "UPDATE delivery SET status = 'delivered', finished_at = $1, locked_until = NULL, \
-                 last_error = NULL WHERE delivery_id = $2",
-            )
-            .bind(now.as_micros())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        } else {
-            // What was still owed to the receiver of a hard-deleted conversation is not kept once sent.
-            sqlx::query("DELETE FROM delivery WHERE delivery_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)
+    async fn delivery_succeeded(&self, delivery: &Delivery, now: Timestamp) -> StoreResult<()> {
+        self.finish_delivery(delivery, Finish::Delivered, now).await
     }
 
-    async fn delivery_failed(&self, id: &str, error: &str, retry_at: Option<Timestamp>) -> StoreResult<()> {
-        let sql = if retry_at.is_some() {
-            "UPDATE delivery SET next_attempt_at = $1, last_error = $2, locked_until = NULL WHERE delivery_id = $3"
-        } else {
-            "UPDATE delivery SET finished_at = $1, last_error = $2, locked_until = NULL, status = 'failed' \
-             WHERE delivery_id = $3"
+    async fn delivery_failed(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let Some(retry_at) = retry_at else {
+            return self.finish_delivery(delivery, Finish::GivenUp(error), now).await;
         };
-        let at = retry_at.unwrap_or_else(Timestamp::now);
-        sqlx::query(sql)
-            .bind(at.as_micros())
-            .bind(error)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "UPDATE delivery SET next_attempt_at = $1, last_error = $2, locked_until = NULL \
+             WHERE delivery_id = $3 AND attempts = $4",
+        )
+        .bind(retry_at.as_micros())
+        .bind(error)
+        .bind(&delivery.id)
+        .bind(i64::from(delivery.attempts))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -1234,27 +1264,36 @@ impl ConversationStore for PostgresStore {
         // Only for a process that knows it is alone. With a shared database another process's
         // live lease would be cleared and its job run twice, so a server must not call this at
         // startup on Postgres: leases of dead processes expire by themselves.
-        let done = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
+        let jobs = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
-        Ok(done.rows_affected())
+        let deliveries =
+            sqlx::query("UPDATE delivery SET locked_until = NULL WHERE locked_until IS NOT NULL")
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(jobs.rows_affected() + deliveries.rows_affected())
     }
 
-    async fn complete_job(&self, id: JobId) -> StoreResult<()> {
-        sqlx::query("DELETE FROM job WHERE job_id = $1")
-            .bind(id)
+    async fn complete_job(&self, job: &Job) -> StoreResult<()> {
+        sqlx::query("DELETE FROM job WHERE job_id = $1 AND attempts = $2")
+            .bind(job.id)
+            .bind(i64::from(job.attempts))
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
         Ok(())
     }
 
-    async fn fail_job(&self, id: JobId, error: &str, retry_at: Timestamp) -> StoreResult<()> {
-        sqlx::query("UPDATE job SET locked_until = NULL, run_at = $1, last_error = $2 WHERE job_id = $3")
-            .bind(retry_at.as_micros())
-            .bind(error)
-            .bind(id)
+    async fn fail_job(&self, job: &Job, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE job SET locked_until = NULL, run_at = $1, last_error = $2 WHERE job_id = $3 AND attempts = $4",
+        )
+        .bind(retry_at.as_micros())
+        .bind(error)
+        .bind(job.id)
+        .bind(i64::from(job.attempts))
             .execute(&self.pool)
             .await
             .map_err(map_err)?;

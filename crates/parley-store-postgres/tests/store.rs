@@ -819,7 +819,16 @@ async fn an_expired_lease_can_be_claimed_again() {
     assert_eq!(second.len(), 1);
     assert_eq!((second[0].id, second[0].attempts), (first[0].id, 2));
 
-    b.fail_job(second[0].id, "replica unavailable", at(30))
+    // The first process wakes up late: its claim is stale, so it cannot undo the new one.
+    a.fail_job(&first[0], "stale", at(12)).await.expect("stale fail");
+    a.complete_job(&first[0]).await.expect("stale complete");
+    let row = &db.jobs_of(&c.id).await[0];
+    assert_eq!(
+        (row.3, row.4),
+        (Some(at(21).as_micros()), 2),
+        "the stale calls changed nothing"
+    );
+    b.fail_job(&second[0], "replica unavailable", at(30))
         .await
         .expect("fail");
     let row = &db.jobs_of(&c.id).await[0];
@@ -838,7 +847,7 @@ async fn an_expired_lease_can_be_claimed_again() {
     assert_eq!(a.release_all_leases().await.expect("release"), 1);
     let fourth = b.claim_due_jobs(at(31), at(41), 10).await.expect("claim");
     assert_eq!(fourth[0].attempts, 4);
-    b.complete_job(fourth[0].id).await.expect("complete");
+    b.complete_job(&fourth[0]).await.expect("complete");
     assert!(db.jobs_of(&c.id).await.is_empty());
 
     // A job made already claimed (end with a lease) waits out that lease too.
@@ -933,10 +942,10 @@ async fn deliveries_go_in_order_one_at_a_time_per_conversation() {
 
     // A failure holds the conversation back until its retry is due, then the same one goes again.
     store
-        .delivery_failed(&dx.id, "503 Service Unavailable", Some(at(20)))
+        .delivery_failed(dx, "503 Service Unavailable", Some(at(20)), at(20))
         .await
         .expect("failed");
-    store.delivery_succeeded(&dy.id, at(12)).await.expect("sent");
+    store.delivery_succeeded(dy, at(12)).await.expect("sent");
     let next = store.claim_deliveries(at(12), at(70), 10).await.expect("claim");
     assert_eq!(next.len(), 1);
     assert_eq!(
@@ -948,9 +957,24 @@ async fn deliveries_go_in_order_one_at_a_time_per_conversation() {
     assert_eq!((retried[0].id.as_str(), retried[0].attempts), (dx.id.as_str(), 2));
     assert_eq!(retried[0].payload, dx.payload);
 
-    // Given up, then retried by an operator while a later one is out: it waits its turn.
+    // A stale claim cannot give it up; the current one can. Then an operator retries it while
+    // a later one is out: it waits its turn.
     store
-        .delivery_failed(&dx.id, "410 Gone", None)
+        .delivery_failed(dx, "stale", None, at(40))
+        .await
+        .expect("stale");
+    assert!(
+        store
+            .list_deliveries(DeliveryFilter {
+                conversation_id: Some(x.id.as_str()),
+                failed_only: true
+            })
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    store
+        .delivery_failed(&retried[0], "410 Gone", None, at(40))
         .await
         .expect("gave up");
     let failed = store
@@ -980,10 +1004,7 @@ async fn deliveries_go_in_order_one_at_a_time_per_conversation() {
         none_of_x.iter().all(|d| d.conversation_id != x.id.as_str()),
         "{none_of_x:?}"
     );
-    store
-        .delivery_succeeded(&shutdown.id, at(24))
-        .await
-        .expect("sent");
+    store.delivery_succeeded(shutdown, at(24)).await.expect("sent");
     let back = store.claim_deliveries(at(25), at(90), 10).await.expect("claim");
     let back = back
         .iter()
@@ -1048,7 +1069,7 @@ async fn delivery_runners_in_two_processes_never_overlap_on_a_conversation() {
                         .push(d.id.clone());
                     // Out of the set before the success commits, so the next claim cannot beat it.
                     in_flight.lock().expect("not poisoned").remove(&d.conversation_id);
-                    store.delivery_succeeded(&d.id, at(11)).await.expect("sent");
+                    store.delivery_succeeded(&d, at(11)).await.expect("sent");
                 }
             }
         });
@@ -1089,10 +1110,7 @@ async fn a_hard_delete_keeps_only_unsent_deliveries_without_content() {
         .await
         .expect("join");
     let joined = store.claim_deliveries(at(1), at(60), 10).await.expect("claim");
-    store
-        .delivery_succeeded(&joined[0].id, at(2))
-        .await
-        .expect("sent");
+    store.delivery_succeeded(&joined[0], at(2)).await.expect("sent");
     end(&store, &c.id, at(3)).await;
     store
         .store_call_results(&c.id, &after_end_events(at(4)), None)
@@ -1135,7 +1153,7 @@ async fn a_hard_delete_keeps_only_unsent_deliveries_without_content() {
     // Once sent, it is forgotten too.
     let owed = store.claim_deliveries(at(6), at(60), 10).await.expect("claim");
     assert_eq!(owed.len(), 1);
-    store.delivery_succeeded(&owed[0].id, at(7)).await.expect("sent");
+    store.delivery_succeeded(&owed[0], at(7)).await.expect("sent");
     assert!(db.deliveries_of(&c.id).await.is_empty());
     db.finish(&[&store]).await;
 }

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp};
 use parley_store::{
     Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
-    ErasureReceipt, HardDeleteOutcome, Job, JobId, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
-    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome, SoftDeleteOutcome,
+    StoreError, StoreResult, StoredEvent,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -240,6 +240,19 @@ async fn insert_event(
     .bind(event.timestamp.as_micros())
     .bind(event.timestamp.as_micros())
     .bind(event.timestamp.as_micros())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Removes a finished delivery whose conversation was hard-deleted: nothing of it is kept once
+/// it was sent (or given up).
+async fn forget_orphan(tx: &mut sqlx::SqliteConnection, delivery_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM delivery WHERE delivery_id = ? AND status != 'pending' AND NOT EXISTS \
+         (SELECT 1 FROM conversation c WHERE c.conversation_id = delivery.conversation_id)",
+    )
+    .bind(delivery_id)
     .execute(tx)
     .await?;
     Ok(())
@@ -1028,6 +1041,8 @@ impl ConversationStore for SqliteStore {
                  AND (d.locked_until IS NULL OR d.locked_until <= ?2) \
                  AND NOT EXISTS (SELECT 1 FROM delivery e WHERE e.conversation_id = d.conversation_id \
                                  AND e.status = 'pending' AND e.delivery_seq < d.delivery_seq) \
+                 AND NOT EXISTS (SELECT 1 FROM delivery e WHERE e.conversation_id = d.conversation_id \
+                                 AND e.locked_until > ?2) \
                ORDER BY d.next_attempt_at, d.delivery_seq LIMIT ?3) \
              RETURNING delivery_id, conversation_id, event_type, url, payload, attempts, retry_from, \
                (SELECT webhook_secret FROM account a WHERE a.account_id = delivery.account_id)",
@@ -1053,45 +1068,49 @@ impl ConversationStore for SqliteStore {
             .collect())
     }
 
-    async fn delivery_succeeded(&self, id: &str, now: Timestamp) -> StoreResult<()> {
+    async fn delivery_succeeded(&self, delivery: &Delivery, now: Timestamp) -> StoreResult<()> {
         let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
         sqlx::query(
             "UPDATE delivery SET status = 'delivered', finished_at = ?, locked_until = NULL, last_error = NULL \
-             WHERE delivery_id = ?",
+             WHERE delivery_id = ? AND attempts = ?",
         )
         .bind(now.as_micros())
-        .bind(id)
+        .bind(&delivery.id)
+        .bind(delivery.attempts)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        // What was still owed to the receiver of a hard-deleted conversation is not kept once sent.
-        sqlx::query(
-            "DELETE FROM delivery WHERE delivery_id = ? AND NOT EXISTS \
-             (SELECT 1 FROM conversation c WHERE c.conversation_id = delivery.conversation_id)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        forget_orphan(&mut tx, &delivery.id).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
 
-    async fn delivery_failed(&self, id: &str, error: &str, retry_at: Option<Timestamp>) -> StoreResult<()> {
+    async fn delivery_failed(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
         let sql = if retry_at.is_some() {
-            "UPDATE delivery SET next_attempt_at = ?, last_error = ?, locked_until = NULL WHERE delivery_id = ?"
+            "UPDATE delivery SET next_attempt_at = ?, last_error = ?, locked_until = NULL \
+             WHERE delivery_id = ? AND attempts = ?"
         } else {
             "UPDATE delivery SET finished_at = ?, last_error = ?, locked_until = NULL, status = 'failed' \
-             WHERE delivery_id = ?"
+             WHERE delivery_id = ? AND attempts = ?"
         };
-        let at = retry_at.unwrap_or_else(Timestamp::now);
         sqlx::query(sql)
-            .bind(at.as_micros())
+            .bind(retry_at.unwrap_or(now).as_micros())
             .bind(error)
-            .bind(id)
-            .execute(&self.writer)
+            .bind(&delivery.id)
+            .bind(delivery.attempts)
+            .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        Ok(())
+        if retry_at.is_none() {
+            forget_orphan(&mut tx, &delivery.id).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn list_deliveries(&self, filter: DeliveryFilter<'_>) -> StoreResult<Vec<DeliveryInfo>> {
@@ -1183,27 +1202,36 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
-        let done = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
+        let jobs = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
-        Ok(done.rows_affected())
+        let deliveries =
+            sqlx::query("UPDATE delivery SET locked_until = NULL WHERE locked_until IS NOT NULL")
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?;
+        Ok(jobs.rows_affected() + deliveries.rows_affected())
     }
 
-    async fn complete_job(&self, id: JobId) -> StoreResult<()> {
-        sqlx::query("DELETE FROM job WHERE job_id = ?")
-            .bind(id)
+    async fn complete_job(&self, job: &Job) -> StoreResult<()> {
+        sqlx::query("DELETE FROM job WHERE job_id = ? AND attempts = ?")
+            .bind(job.id)
+            .bind(job.attempts)
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(())
     }
 
-    async fn fail_job(&self, id: JobId, error: &str, retry_at: Timestamp) -> StoreResult<()> {
-        sqlx::query("UPDATE job SET locked_until = NULL, run_at = ?, last_error = ? WHERE job_id = ?")
-            .bind(retry_at.as_micros())
-            .bind(error)
-            .bind(id)
+    async fn fail_job(&self, job: &Job, error: &str, retry_at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE job SET locked_until = NULL, run_at = ?, last_error = ? WHERE job_id = ? AND attempts = ?",
+        )
+        .bind(retry_at.as_micros())
+        .bind(error)
+        .bind(job.id)
+        .bind(job.attempts)
             .execute(&self.writer)
             .await
             .map_err(map_err)?;

@@ -389,10 +389,20 @@ pub trait ConversationStore: Send + Sync + 'static {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Delivery>>;
-    /// Marks a delivery done (and forgets it if its conversation was hard-deleted).
-    async fn delivery_succeeded(&self, id: &str, now: Timestamp) -> StoreResult<()>;
-    /// Records a failed attempt: retried at `retry_at`, or given up when `None`.
-    async fn delivery_failed(&self, id: &str, error: &str, retry_at: Option<Timestamp>) -> StoreResult<()>;
+    /// Marks a claimed delivery done (and forgets it if its conversation was hard-deleted).
+    ///
+    /// Like every call that finishes claimed work, it only acts if the claim is still the latest
+    /// (`attempts` unchanged): a runner whose lease expired cannot undo its successor's work.
+    async fn delivery_succeeded(&self, delivery: &Delivery, now: Timestamp) -> StoreResult<()>;
+    /// Records a failed attempt: retried at `retry_at`, or given up when `None` (and forgotten if
+    /// its conversation was hard-deleted).
+    async fn delivery_failed(
+        &self,
+        delivery: &Delivery,
+        error: &str,
+        retry_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<()>;
     /// Deliveries, oldest first.
     async fn list_deliveries(&self, filter: DeliveryFilter<'_>) -> StoreResult<Vec<DeliveryInfo>>;
     /// Queues a delivery again now, with a fresh retry window; false when no such delivery.
@@ -407,12 +417,12 @@ pub trait ConversationStore: Send + Sync + 'static {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Job>>;
-    /// Releases every lease; only for a process that knows no other runner is alive.
+    /// Releases every job and delivery lease; only for a process that knows no other runner is alive.
     async fn release_all_leases(&self) -> StoreResult<u64>;
-    /// Removes a finished job.
-    async fn complete_job(&self, id: JobId) -> StoreResult<()>;
-    /// Releases a failed job to run again at `retry_at`.
-    async fn fail_job(&self, id: JobId, error: &str, retry_at: Timestamp) -> StoreResult<()>;
+    /// Removes a finished job, if the claim is still the latest (see `delivery_succeeded`).
+    async fn complete_job(&self, job: &Job) -> StoreResult<()>;
+    /// Releases a failed job to run again at `retry_at`, if the claim is still the latest.
+    async fn fail_job(&self, job: &Job, error: &str, retry_at: Timestamp) -> StoreResult<()>;
     /// Pending jobs, for operators and tests.
     async fn list_jobs(&self) -> StoreResult<Vec<JobInfo>>;
     /// Makes erased content unrecoverable from the backend's files (e.g. a WAL checkpoint).
