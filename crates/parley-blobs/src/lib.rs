@@ -152,6 +152,23 @@ impl Blobs {
         Ok(deleted)
     }
 
+    /// Every blob under a prefix, with its size, in no particular order.
+    pub async fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, BlobError> {
+        let prefix = ObjectPath::from(prefix);
+        Ok(self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
+            .try_collect()
+            .await?)
+    }
+
+    /// Writes a blob under a key as listed by [`Blobs::list_prefix`] (for copies between stores).
+    pub async fn put_key(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
+        self.store.put(&ObjectPath::from(key), bytes.into()).await?;
+        Ok(())
+    }
+
     /// Keys of every blob of a conversation.
     pub async fn list_conversation(&self, conversation: &ConversationId) -> Result<Vec<String>, BlobError> {
         let prefix = ObjectPath::from(BlobKey::conversation_prefix(conversation));

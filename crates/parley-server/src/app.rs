@@ -58,16 +58,31 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn Conversa
 /// Opens the blob store a serve config names.
 pub fn open_blobs(config: &ServeConfig) -> anyhow::Result<Blobs> {
     let blobs = &config.blobs;
-    match blobs.blob_url.as_deref() {
+    let default = config.store.data_dir.join("blobs");
+    open_blob_url(
+        blobs.blob_url.as_deref(),
+        &default,
+        blobs.s3_endpoint.as_deref(),
+        blobs.s3_region.as_deref(),
+    )
+}
+
+/// Opens blobs at a folder or `s3://` URL, or in `default` when none is given.
+pub fn open_blob_url(
+    url: Option<&str>,
+    default: &std::path::Path,
+    s3_endpoint: Option<&str>,
+    s3_region: Option<&str>,
+) -> anyhow::Result<Blobs> {
+    match url {
         Some(url) if url.starts_with("s3://") => {
-            Blobs::s3(url, blobs.s3_endpoint.as_deref(), blobs.s3_region.as_deref())
-                .context("opening the S3 bucket")
+            Blobs::s3(url, s3_endpoint, s3_region).context("opening the S3 bucket")
         }
         Some(url) => {
             let path = url.strip_prefix("file://").unwrap_or(url);
             Blobs::local(std::path::Path::new(path)).context("opening the blob folder")
         }
-        None => Blobs::local(&config.store.data_dir.join("blobs")).context("opening the blob folder"),
+        None => Blobs::local(default).context("opening the blob folder"),
     }
 }
 
@@ -168,7 +183,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
 }
 
 /// Takes an exclusive lock beside an embedded database, released when the process exits.
-fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn lock_database(db: &std::path::Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

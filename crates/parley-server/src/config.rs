@@ -31,6 +31,8 @@ pub enum Command {
     /// Inspect and retry webhook deliveries; manage signing secrets.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Copy everything from one store to another (e.g. SQLite to PostgreSQL), then verify counts.
+    MigrateStore(MigrateConfig),
     /// List erasure receipts of hard-deleted conversations.
     Receipts {
         #[command(flatten)]
@@ -89,6 +91,29 @@ pub enum AccountsCommand {
         #[arg(long)]
         retention_days: Option<u32>,
     },
+}
+
+/// `parley migrate-store` settings.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateConfig {
+    /// The database to copy from: `sqlite://PATH` or `postgres://…`. Stop its servers first.
+    #[arg(long)]
+    pub from: String,
+    /// The database to copy into; it must hold no accounts or conversations yet.
+    #[arg(long)]
+    pub to: String,
+    /// The source's blobs: a folder or `s3://BUCKET[/PREFIX]` (default: `blobs/` beside a SQLite source).
+    #[arg(long)]
+    pub from_blob_url: Option<String>,
+    /// The destination's blobs: a folder or `s3://BUCKET[/PREFIX]` (default: `blobs/` beside a SQLite destination).
+    #[arg(long)]
+    pub to_blob_url: Option<String>,
+    /// S3 endpoint for either side's `s3://` URL.
+    #[arg(long, env = "PARLEY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region for either side's `s3://` URL.
+    #[arg(long, env = "PARLEY_S3_REGION")]
+    pub s3_region: Option<String>,
 }
 
 /// `parley webhooks …`

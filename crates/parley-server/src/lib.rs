@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod keys;
+pub mod migrate;
 pub mod service;
 pub mod state;
 pub mod webhook;

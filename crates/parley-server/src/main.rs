@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Accounts(c) => cli::accounts(c).await,
         Command::Conversations(c) => cli::conversations(c).await,
         Command::Webhooks(c) => cli::webhooks(c).await,
+        Command::MigrateStore(c) => parley_server::migrate::migrate_store(c).await,
         Command::Receipts { store, account } => cli::receipts(store, account).await,
         Command::Jobs { store } => cli::jobs(store).await,
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp};
+use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
     Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
     ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome, SoftDeleteOutcome,
@@ -1347,6 +1348,107 @@ impl ConversationStore for PostgresStore {
         );
         *completed = covers;
         Ok(true)
+    }
+
+    async fn count_rows(&self, table: Table) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", table.name()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn export_rows(&self, table: Table, offset: u64, limit: u32) -> StoreResult<Vec<CopyRow>> {
+        // Names come from `Table`, never from input. Keys sort bytewise, as in SQLite.
+        let key = table
+            .key()
+            .split(", ")
+            .map(|k| {
+                let text = table
+                    .columns()
+                    .iter()
+                    .any(|(c, kind)| *c == k && *kind == Kind::Text);
+                if text {
+                    format!("{k} COLLATE \"C\"")
+                } else {
+                    k.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {key} LIMIT $1 OFFSET $2",
+            table.column_list(),
+            table.name()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                table
+                    .columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, kind))| {
+                        match kind {
+                            Kind::Text => r
+                                .try_get::<Option<String>, _>(i)
+                                .map(|v| v.map_or(Value::Null, Value::Text)),
+                            Kind::Int => r
+                                .try_get::<Option<i64>, _>(i)
+                                .map(|v| v.map_or(Value::Null, Value::Int)),
+                            Kind::Bool => r
+                                .try_get::<Option<bool>, _>(i)
+                                .map(|v| v.map_or(Value::Null, Value::Bool)),
+                        }
+                        .map_err(|e| StoreError::Backend(Box::new(e)))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn import_rows(&self, table: Table, rows: &[CopyRow]) -> StoreResult<()> {
+        let placeholders = (1..=table.columns().len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({placeholders})",
+            table.name(),
+            table.column_list()
+        );
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for row in rows {
+            let mut q = sqlx::query(&sql);
+            for (value, (_, kind)) in row.iter().zip(table.columns()) {
+                q = match (value, kind) {
+                    (Value::Text(t), _) => q.bind(t.as_str()),
+                    (Value::Int(n), _) => q.bind(*n),
+                    (Value::Bool(b), _) => q.bind(*b),
+                    (Value::Null, Kind::Text) => q.bind(None::<String>),
+                    (Value::Null, Kind::Bool) => q.bind(None::<bool>),
+                    (Value::Null, Kind::Int) => q.bind(None::<i64>),
+                };
+            }
+            q.execute(&mut *tx).await.map_err(map_err)?;
+        }
+        if let Some(serial) = table.serial() {
+            // Explicit ids do not move a sequence; the next insert must not reuse a copied id.
+            sqlx::query(&format!(
+                "SELECT setval(pg_get_serial_sequence('{t}', '{serial}'), m) FROM (SELECT MAX({serial}) AS m FROM {t}) s \
+                 WHERE m IS NOT NULL",
+                t = table.name()
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn close(&self) {

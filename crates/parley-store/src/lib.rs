@@ -1,5 +1,7 @@
 //! The storage boundary: the `ConversationStore` trait every backend implements, and its errors.
 
+pub mod table;
+
 use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, Timestamp};
 
@@ -429,6 +431,16 @@ pub trait ConversationStore: Send + Sync + 'static {
     ///
     /// Returns false when it could not complete now and should be retried.
     async fn erase_residue(&self) -> StoreResult<bool>;
+    // --- copying between stores (`parley migrate-store`) ---
+
+    /// Rows of a table.
+    async fn count_rows(&self, table: table::Table) -> StoreResult<u64>;
+    /// A page of a table's rows in key order, values in [`table::Table::columns`] order.
+    async fn export_rows(&self, table: table::Table, offset: u64, limit: u32)
+    -> StoreResult<Vec<table::Row>>;
+    /// Inserts rows as exported (ids included) in one transaction, and moves serial counters past them.
+    async fn import_rows(&self, table: table::Table, rows: &[table::Row]) -> StoreResult<()>;
+
     /// Releases connections.
     async fn close(&self);
 }

@@ -7,6 +7,7 @@ mod delete;
 mod erasure;
 mod lifecycle;
 mod list;
+mod migrate;
 mod multiprocess;
 mod outage;
 mod room;

@@ -55,11 +55,14 @@ async fn max_call_duration_ends_the_call() {
     let participant = room(&app, &id, "join", "").await;
     assert_eq!(participant["participants"], 1);
     assert_eq!(wait_ended(&app, &id).await, "max_call_duration reached");
-    // Ending by timer produces the assets like any other end.
-    let (status, _) = app
-        .call(Method::GET, &format!("/v2/conversations/{id}/recording"))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    // Ending by timer produces the assets like any other end (just after the status flips).
+    eventually("the recording is stored", || async {
+        app.call(Method::GET, &format!("/v2/conversations/{id}/recording"))
+            .await
+            .0
+            == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test]
