@@ -3,14 +3,17 @@
 pub mod auth;
 pub mod conversation;
 pub mod error;
-pub mod log;
 pub mod query;
+pub mod request;
 pub mod room;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
+use tower_http::LatencyUnit;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::state::AppState;
 use error::ApiError;
@@ -49,8 +52,20 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(from_fn(log::run_to_completion))
-        .layer(from_fn(log::log_request))
+        .layer(from_fn(request::run_to_completion))
+        // One line per request, when its response is ready: method, path, status, latency.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::extract::Request| {
+                    tracing::info_span!("request", http.method = %req.method(), http.path = %req.uri().path())
+                })
+                .on_request(())
+                .on_body_chunk(())
+                .on_eos(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Micros))
+                // A 5xx is already logged with its cause by `ApiError`.
+                .on_failure(()),
+        )
         .with_state(state)
 }
 

@@ -1,4 +1,4 @@
-//! The durable job runner: joins, call finalisation, purges and retention, retried until done.
+//! The durable job runner: joins, timers, call finalisation, purges and retention, retried until done.
 
 use std::time::Duration;
 
