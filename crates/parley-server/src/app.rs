@@ -116,11 +116,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             tracing::info!(job.count = released, "resuming jobs left by a stopped process");
         }
     }
-    let initial_key = if store.has_accounts().await? {
-        None
-    } else {
-        Some(create_key(store.as_ref(), DEFAULT_ACCOUNT).await?.1)
-    };
+    // Only the process that creates the first account makes its key, even when several servers
+    // start at once on an empty shared store.
+    let initial_key =
+        if !store.has_accounts().await? && store.ensure_account(DEFAULT_ACCOUNT, Timestamp::now()).await? {
+            Some(create_key(store.as_ref(), DEFAULT_ACCOUNT).await?.1)
+        } else {
+            None
+        };
     let blobs = open_blobs(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

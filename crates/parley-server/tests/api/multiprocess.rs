@@ -50,13 +50,14 @@ async fn two_servers_on_one_shared_store_run_every_job_once() {
     }
     let client = reqwest::Client::new();
     let receiver = Receiver::start().await;
-    let a = Proc::start(&backing, &[]);
-    let b = Proc::start(&backing, &[]);
-    let key = a
-        .key
-        .clone()
-        .or(b.key.clone())
-        .expect("one of them made the first key");
+    // Both start at once on the empty store: exactly one of them makes the first account's key.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Proc::start(&backing, &[]));
+        let b = s.spawn(|| Proc::start(&backing, &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.key.is_some() != b.key.is_some(), "one first key, not two");
+    let key = a.key.clone().or(b.key.clone()).unwrap();
     let bases = [a.base.clone(), b.base.clone()];
 
     // Created on one, ended on the other.
