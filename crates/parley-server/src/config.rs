@@ -8,7 +8,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// parley: a self-hosted server for the Tavus v2 Conversations API.
 #[derive(Debug, Parser)]
-#[command(name = "parley", version, about)]
+#[command(name = "parley", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,7 +41,7 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
     },
-    /// List pending background jobs (purges, finalisation, joins, retention).
+    /// List pending background jobs (purges, finalisation, joins, timers, retention).
     Jobs {
         #[command(flatten)]
         store: StoreConfig,
