@@ -7,7 +7,8 @@
 //! lease simply expires.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,13 +50,67 @@ macro_rules! columns {
 /// The shared store.
 pub struct PostgresStore {
     pool: PgPool,
-    vacuum: Vacuumer,
+    vacuum: Arc<Vacuumer>,
 }
 
-/// Coalesces `VACUUM`s within this process: one that starts after a request covers it.
+/// Runs `VACUUM` in the background, coalesced: at most one running and one more queued.
+///
+/// A purge only asks for it: on PostgreSQL a VACUUM does not zero the erased bytes anyway (see
+/// `erase_residue`), and on large tables it can take long enough that a hard delete must not
+/// wait for it. If the process dies first, autovacuum does the same work later.
+#[derive(Default)]
 struct Vacuumer {
-    requested: AtomicU64,
-    completed: tokio::sync::Mutex<u64>,
+    /// A purge happened since the last VACUUM started.
+    dirty: AtomicBool,
+    /// A background VACUUM task is alive.
+    running: AtomicBool,
+}
+
+impl Vacuumer {
+    /// Makes sure a VACUUM starts after this call.
+    fn request(self: &Arc<Self>, pool: &PgPool) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (me, pool) = (Arc::clone(self), pool.clone());
+        tokio::spawn(async move {
+            loop {
+                while me.dirty.swap(false, Ordering::SeqCst) {
+                    vacuum(&pool).await;
+                }
+                me.running.store(false, Ordering::SeqCst);
+                // A request that came between the last check and `running = false` saw a live
+                // task and left it to us: take it, unless another task already has.
+                if !me.dirty.load(Ordering::SeqCst) || me.running.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// What VACUUM does: the erased rows' dead tuples (and their TOAST and index entries) are removed
+/// and their space becomes reusable by later writes. What it does not: the bytes are not zeroed,
+/// so they stay in the data files until that space is reused; a tuple an open snapshot (a long
+/// transaction, a standby's feedback) can still see is kept until a later VACUUM; and the WAL
+/// keeps the rows' old images until its segments are recycled after a checkpoint (longer in
+/// archives and on replicas). That is weaker than SQLite's secure_delete, and it is the most
+/// PostgreSQL offers without blocking every request (VACUUM FULL takes an exclusive lock).
+async fn vacuum(pool: &PgPool) {
+    let started = std::time::Instant::now();
+    // VACUUM cannot run inside a transaction, hence raw_sql: one statement over the simple
+    // protocol, never wrapped in one.
+    match sqlx::raw_sql("VACUUM conversation, event, asset, participant, delivery")
+        .execute(pool)
+        .await
+    {
+        Ok(_) => tracing::debug!(
+            duration_ms = started.elapsed().as_millis() as u64,
+            "vacuumed the tables of erased rows"
+        ),
+        Err(e) => tracing::warn!(error = %e, "vacuum after a purge failed; autovacuum will cover it"),
+    }
 }
 
 impl PostgresStore {
@@ -131,14 +186,9 @@ impl PostgresStore {
             MigrateError::Execute(e) => map_err(e),
             e => backend(e),
         })?;
-        // Unlike SQLite, nothing is erased at open: a purge job row stays until its VACUUM has
-        // run, so a crash in between only means the job runs again.
         Ok(Self {
             pool,
-            vacuum: Vacuumer {
-                requested: AtomicU64::new(0),
-                completed: tokio::sync::Mutex::new(0),
-            },
+            vacuum: Arc::default(),
         })
     }
 }
@@ -1322,31 +1372,7 @@ impl ConversationStore for PostgresStore {
     }
 
     async fn erase_residue(&self) -> StoreResult<bool> {
-        let ticket = self.vacuum.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut completed = self.vacuum.completed.lock().await;
-        if *completed >= ticket {
-            return Ok(true);
-        }
-        let covers = self.vacuum.requested.load(Ordering::SeqCst);
-        // What VACUUM does: the erased rows' dead tuples (and their TOAST and index entries) are
-        // removed and their space becomes reusable by later writes. What it does not: the bytes
-        // are not zeroed, so they stay in the data files until that space is reused; a tuple an
-        // open snapshot (a long transaction, a standby's feedback) can still see is kept until a
-        // later VACUUM; and the WAL keeps the rows' old images until its segments are recycled
-        // after a checkpoint (longer in archives and on replicas). That is weaker than SQLite's
-        // secure_delete, and it is the most PostgreSQL offers without blocking every request
-        // (VACUUM FULL takes an exclusive lock). VACUUM cannot run inside a transaction, hence
-        // raw_sql: one statement over the simple protocol, never wrapped in one.
-        let started = std::time::Instant::now();
-        sqlx::raw_sql("VACUUM conversation, event, asset, participant, delivery")
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        tracing::debug!(
-            duration_ms = started.elapsed().as_millis() as u64,
-            "vacuumed the tables of erased rows"
-        );
-        *completed = covers;
+        self.vacuum.request(&self.pool);
         Ok(true)
     }
 
