@@ -44,6 +44,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::any(invalid_id),
         )
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
+        // For load balancers and orchestrators: no key, no content.
+        .route("/health", get(health))
         // The room is opened by people, not API clients: its link is the invitation.
         .route("/rooms/{conversation_id}", get(room::room_page))
         .route("/rooms/{conversation_id}/state", get(room::room_state))
@@ -67,6 +69,14 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .with_state(state)
+}
+
+/// `GET /health`: 200 while the database answers, 503 (with `Retry-After`) while it does not.
+async fn health(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.store.has_accounts().await?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok" })))
 }
 
 async fn invalid_id() -> ApiError {

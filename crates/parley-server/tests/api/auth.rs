@@ -83,3 +83,19 @@ async fn another_account_cannot_see_or_touch_a_conversation() {
     let (_, list) = app.call(Method::GET, "/v2/conversations").await;
     assert_eq!(list["total_count"], 1);
 }
+
+#[tokio::test]
+async fn the_health_check_needs_no_key_and_says_nothing_else() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        json!({ "status": "ok" })
+    );
+}

@@ -81,6 +81,7 @@ async fn the_database_or_object_store_going_away_is_a_503_until_it_returns() {
         .await;
 
     script("postgres.sh", &["stop", &pg_dir]);
+    assert_unavailable(&app, Method::GET, "/health").await;
     assert_unavailable(&app, Method::GET, &format!("/v2/conversations/{id}")).await;
     assert_unavailable(&app, Method::GET, "/v2/conversations").await;
     script("postgres.sh", &["start", &pg_dir, &pg_port]);
@@ -88,6 +89,7 @@ async fn the_database_or_object_store_going_away_is_a_503_until_it_returns() {
         app.call(Method::GET, &format!("/v2/conversations/{id}")).await.0 == StatusCode::OK
     })
     .await;
+    assert_eq!(app.call(Method::GET, "/health").await.0, StatusCode::OK);
     let (_, got) = app
         .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
         .await;
