@@ -294,6 +294,10 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_UNJOINABLE_REPLICAS", value_delimiter = ',')]
     pub unjoinable_replicas: Vec<String>,
 
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "PARLEY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Log filter, in `tracing` env-filter syntax.
     #[arg(long, env = "PARLEY_LOG", default_value = "info")]
     pub log: String,
@@ -329,6 +333,7 @@ impl ServeConfig {
             webhook_max_in_flight: 32,
             webhook_deny_private: false,
             unjoinable_replicas: Vec::new(),
+            log_format: "text".into(),
             log: "warn".into(),
         }
     }

@@ -383,3 +383,33 @@ async fn the_binary_prints_its_first_key_once_and_stops_cleanly_on_sigterm() {
     assert!(second.key.is_none(), "the key is shown once");
     assert_eq!(list(&second.base).await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_give_one_object_per_request() {
+    let dir = Backing::fresh().await;
+    let server = Proc::start(&dir, &["--log-format", "json", "--log", "info"]);
+    let key = server.key.clone().unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("{}/v2/conversations", server.base))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .stderr
+            .recv_timeout(deadline - std::time::Instant::now())
+            .expect("a request log line");
+        let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if entry["span"]["http.path"] == "/v2/conversations" {
+            assert_eq!(entry["fields"]["status"], 200, "{entry}");
+            assert_eq!(entry["span"]["http.method"], "GET");
+            assert!(!line.contains(&key), "keys never reach the logs");
+            break;
+        }
+    }
+}

@@ -538,6 +538,8 @@ pub struct Proc {
     pub base: String,
     /// The first key, when this start created it.
     pub key: Option<String>,
+    /// Its stderr after startup, line by line.
+    pub stderr: mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -566,13 +568,14 @@ impl Proc {
             .spawn()
             .unwrap();
         // Owned by `Proc` from here, so a failed start still kills and reaps it on drop.
+        let (tx, rx) = mpsc::channel();
         let mut proc = Self {
             child,
             base: String::new(),
             key: None,
+            stderr: rx,
         };
         let stderr = proc.child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 // Keep draining after startup so the child never blocks on a full pipe.
@@ -581,7 +584,8 @@ impl Proc {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let line = rx
+            let line = proc
+                .stderr
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("parley prints its address");
             if let Some(rest) = line.split("API key ").nth(1) {
