@@ -3,24 +3,13 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::{Backing, Proc, eventually};
+use crate::support::{Backing, Proc, create_on};
 
 async fn create_ended(client: &reqwest::Client, base: &str, key: &str, marker: &str) -> String {
     let body = json!({ "conversational_context": marker, "properties": { "enable_recording": true } });
-    let res = client
-        .post(format!("{base}/v2/conversations"))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let id = res.json::<Value>().await.unwrap()["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_on(client, base, key, body).await;
     let res = client
         .post(format!("{base}/v2/conversations/{id}/end"))
         .header("x-api-key", key)
@@ -29,15 +18,6 @@ async fn create_ended(client: &reqwest::Client, base: &str, key: &str, marker: &
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     id
-}
-
-async fn wait_until_idle(backing: &Backing) {
-    let db = backing.db().await;
-    eventually("the restarted server finishes every due job", || async {
-        db.due_jobs().await == 0
-    })
-    .await;
-    db.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +60,7 @@ async fn a_purge_cut_short_by_a_kill_is_finished_after_restart() {
     api_only.kill();
 
     let restarted = Proc::start(&dir, &[]);
-    wait_until_idle(&dir).await;
+    dir.wait_for_jobs().await;
     assert!(!dir.has_recording(&id).await);
     assert!(!dir.holds(marker).await);
     drop(restarted);
@@ -118,7 +98,7 @@ async fn a_kill_at_any_moment_of_hard_deletes_leaves_every_conversation_whole_or
         }
 
         let restarted = Proc::start(&dir, &[]);
-        wait_until_idle(&dir).await;
+        dir.wait_for_jobs().await;
         let db = dir.db().await;
         for (i, id) in ids.iter().enumerate() {
             let (conversations, events, assets) = db.rows_of(id).await;

@@ -4,24 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::{Backing, Proc, Receiver, eventually, parley};
-
-async fn create(client: &reqwest::Client, base: &str, key: &str, body: Value) -> String {
-    let res = client
-        .post(format!("{base}/v2/conversations"))
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json::<Value>().await.unwrap()["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
+use crate::support::{Backing, Proc, Receiver, create_on, eventually, parley};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_refuses_a_second_server() {
@@ -64,7 +49,7 @@ async fn two_servers_on_one_shared_store_run_every_job_once() {
     let mut ids = Vec::new();
     for i in 0..8 {
         let body = json!({ "callback_url": receiver.url, "properties": { "enable_recording": true } });
-        let id = create(&client, &bases[i % 2], &key, body).await;
+        let id = create_on(&client, &bases[i % 2], &key, body).await;
         ids.push(id);
     }
     for (i, id) in ids.iter().enumerate() {
@@ -157,7 +142,7 @@ async fn a_process_killed_mid_delivery_has_its_work_finished_by_another() {
     receiver.hang();
     let doomed = Proc::start(&backing, &[]);
     let key = doomed.key.clone().unwrap();
-    let id = create(
+    let id = create_on(
         &client,
         &doomed.base,
         &key,

@@ -194,6 +194,13 @@ impl Backing {
         }
     }
 
+    /// Waits until no background job is due (retention purges weeks away do not count).
+    pub async fn wait_for_jobs(&self) {
+        let db = self.db().await;
+        eventually("the job queue drains", || async { db.due_jobs().await == 0 }).await;
+        db.close().await;
+    }
+
     /// Runs `parley ARGS…` against this state; panics unless it succeeds; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = parley().args(args).args(self.args()).output().unwrap();
@@ -470,6 +477,22 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
     (status, json)
 }
 
+/// Creates a conversation on a server given by its base URL (a `parley` subprocess); returns its id.
+pub async fn create_on(client: &reqwest::Client, base: &str, key: &str, body: Value) -> String {
+    let res = client
+        .post(format!("{base}/v2/conversations"))
+        .header("x-api-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json::<Value>().await.unwrap()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The contract's answer for any unknown, deleted or foreign id.
 pub fn invalid_id() -> Value {
     json!({ "error": "Invalid conversation_id" })
@@ -492,15 +515,6 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-impl Backing {
-    /// Waits until no background job is due (retention purges weeks away do not count).
-    pub async fn wait_for_jobs(&self) {
-        let db = self.db().await;
-        eventually("the job queue drains", || async { db.due_jobs().await == 0 }).await;
-        db.close().await;
-    }
 }
 
 /// Polls `check` until it holds, failing after 15 s.

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::support::{Backing, Proc, TestApp, eventually};
+use crate::support::{Backing, Proc, TestApp, create_on, eventually};
 
 async fn shutdown_reason(app: &TestApp, id: &str) -> Option<String> {
     let (_, c) = app
@@ -135,18 +135,7 @@ async fn every_timer_survives_a_restart_and_fires_once() {
     let client = reqwest::Client::new();
     let first = Proc::start(&dir, &[]);
     let key = first.key.clone().unwrap();
-    let create = |props: Value| {
-        let req = client
-            .post(format!("{}/v2/conversations", first.base))
-            .header("x-api-key", &key)
-            .json(&json!({ "properties": props }));
-        async move {
-            req.send().await.unwrap().json::<Value>().await.unwrap()["conversation_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
+    let create = |props: Value| create_on(&client, &first.base, &key, json!({ "properties": props }));
     let long = create(json!({ "max_call_duration": 2, "participant_absent_timeout": 0 })).await;
     let absent = create(json!({ "participant_absent_timeout": 2 })).await;
     let left = create(json!({ "participant_left_timeout": 2 })).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{Backing, Proc, Receiver, TestApp, eventually};
+use crate::support::{Backing, Proc, Receiver, TestApp, create_on, eventually};
 
 const ALL_EVENTS: [&str; 5] = [
     "system.replica_joined",
@@ -195,17 +195,7 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
     let first = Proc::start(&dir, &["--run-jobs", "false"]);
     let key = first.key.clone().unwrap();
     let body = json!({ "callback_url": receiver.url, "properties": { "enable_recording": true } });
-    let res = client
-        .post(format!("{}/v2/conversations", first.base))
-        .header("x-api-key", &key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let id = res.json::<serde_json::Value>().await.unwrap()["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_on(&client, &first.base, &key, body).await;
     let res = client
         .post(format!("{}/v2/conversations/{id}/end", first.base))
         .header("x-api-key", &key)
