@@ -42,6 +42,9 @@ impl BlobKey {
         }
     }
 
+    /// The prefix holding every conversation's blobs: all that a store keeps.
+    pub const ROOT: &str = "conversations/";
+
     /// The prefix holding every blob of a conversation.
     pub fn conversation_prefix(conversation: &ConversationId) -> String {
         format!("conversations/{conversation}/")

@@ -99,7 +99,7 @@ pub struct MigrateConfig {
     /// The database to copy from: `sqlite://PATH` or `postgres://…`. Stop its servers first.
     #[arg(long)]
     pub from: String,
-    /// The database to copy into; it must hold no accounts or conversations yet.
+    /// The database to copy into: empty, or left half-filled by an earlier copy from the same source.
     #[arg(long)]
     pub to: String,
     /// The source's blobs: a folder or `s3://BUCKET[/PREFIX]` (default: `blobs/` beside a SQLite source).
@@ -114,6 +114,9 @@ pub struct MigrateConfig {
     /// S3 region for either side's `s3://` URL.
     #[arg(long, env = "PARLEY_S3_REGION")]
     pub s3_region: Option<String>,
+    /// Rows copied per transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
 }
 
 /// `parley webhooks …`

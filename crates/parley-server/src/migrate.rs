@@ -1,20 +1,22 @@
 //! `parley migrate-store`: copy every row and blob from one store to another, then verify.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use anyhow::{Context, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
-use parley_blobs::Blobs;
+use parley_blobs::{BlobKey, Blobs};
 use parley_store::ConversationStore;
-use parley_store::table::Table;
+use parley_store::table::{Row, Table};
 
 use crate::app::{lock_database, open_blob_url, open_store};
 use crate::config::{Database, MigrateConfig, StoreConfig};
 
-/// Rows copied per transaction.
-const BATCH: u32 = 500;
-/// Where conversation blobs live in every blob store.
-const BLOB_PREFIX: &str = "conversations/";
-
-/// Copies `--from` into `--to` (which must be empty) and checks that every count matches.
+/// Copies `--from` into `--to` and checks that every count matches.
+///
+/// The destination must be empty, or hold what an earlier run from the same source left when it
+/// failed or was killed: rows are imported by key and skipped when already there, and blobs of
+/// the right size are not copied again, so a rerun finishes the copy.
 pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
     let from = side(&c.from);
     let to = side(&c.to);
@@ -44,36 +46,48 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
         region,
     )?;
 
-    for table in [Table::Account, Table::Conversation, Table::ErasureReceipt] {
-        if dst.count_rows(table).await? > 0 {
-            bail!(
-                "the destination already holds {} rows; migrate into an empty store",
-                table.name()
-            );
-        }
-    }
     let mut counts = Vec::new();
     for table in Table::ALL {
         counts.push(src.count_rows(table).await?);
     }
+    let resuming = check_destination(src.as_ref(), dst.as_ref(), &counts, c.batch_size).await?;
+    if resuming {
+        eprintln!("the destination holds part of an earlier copy from this source: finishing it");
+    }
     let blobs = src_blobs
-        .list_prefix(BLOB_PREFIX)
+        .list_prefix(BlobKey::ROOT)
         .await
         .context("listing the source's blobs")?;
     let blob_bytes: u64 = blobs.iter().map(|(_, size)| size).sum();
+    let present: HashMap<String, u64> = dst_blobs
+        .list_prefix(BlobKey::ROOT)
+        .await
+        .context("listing the destination's blobs")?
+        .into_iter()
+        .collect();
 
     let total = counts.iter().sum::<u64>() + blobs.len() as u64;
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{msg:>16} [{bar:40}] {pos}/{len} ({eta} left)")
+        ProgressStyle::with_template("{msg:>16} [{bar:40}] {pos}/{len} {per_sec} ({eta} left)")
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    for table in Table::ALL {
+    for (table, count) in Table::ALL.into_iter().zip(&counts) {
         bar.set_message(table.name());
-        copy_table(src.as_ref(), dst.as_ref(), table, &bar).await?;
+        let started = Instant::now();
+        copy_table(src.as_ref(), dst.as_ref(), table, c.batch_size, &bar).await?;
+        // The bar is hidden when stderr is not a terminal; a log still shows how far it got.
+        if bar.is_hidden() {
+            eprintln!(
+                "{}: {count} rows in {:.1?}, {} of {total} items done",
+                table.name(),
+                started.elapsed(),
+                bar.position()
+            );
+        }
     }
     bar.set_message("blobs");
-    copy_blobs(&src_blobs, &dst_blobs, &blobs, &bar).await?;
+    copy_blobs(&src_blobs, &dst_blobs, &blobs, &present, &bar).await?;
     bar.finish_and_clear();
 
     // Verify from the destination itself, not from what we think we wrote.
@@ -87,7 +101,7 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
             table.name()
         );
     }
-    let copied = dst_blobs.list_prefix(BLOB_PREFIX).await?;
+    let copied = dst_blobs.list_prefix(BlobKey::ROOT).await?;
     let copied_bytes: u64 = copied.iter().map(|(_, size)| size).sum();
     println!("{:<16} {:>10} {:>10}", "blobs", blobs.len(), copied.len());
     ensure!(
@@ -100,6 +114,55 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
     src.close().await;
     dst.close().await;
     Ok(())
+}
+
+/// Whether the destination already holds part of a copy from this source (false when empty).
+///
+/// Accounts are copied first and carry their creation time to the microsecond, so a destination
+/// whose accounts are all identical to the source's is a copy of it; anything else is another
+/// store, which this command never merges into.
+async fn check_destination(
+    src: &dyn ConversationStore,
+    dst: &dyn ConversationStore,
+    counts: &[u64],
+    batch: u32,
+) -> anyhow::Result<bool> {
+    let mut held = 0;
+    for (table, count) in Table::ALL.into_iter().zip(counts) {
+        let n = dst.count_rows(table).await?;
+        ensure!(
+            n <= *count,
+            "the destination holds more {} rows than the source: migrate into an empty store",
+            table.name()
+        );
+        held += n;
+    }
+    if held == 0 {
+        return Ok(false);
+    }
+    let source_accounts = all_rows(src, Table::Account, batch).await?;
+    for account in all_rows(dst, Table::Account, batch).await? {
+        ensure!(
+            source_accounts.contains(&account),
+            "the destination holds data that is not from this source: migrate into an empty store"
+        );
+    }
+    ensure!(
+        !source_accounts.is_empty() && dst.count_rows(Table::Account).await? > 0,
+        "the destination holds data that is not from this source: migrate into an empty store"
+    );
+    Ok(true)
+}
+
+async fn all_rows(store: &dyn ConversationStore, table: Table, batch: u32) -> anyhow::Result<Vec<Row>> {
+    let mut rows: Vec<Row> = Vec::new();
+    loop {
+        let page = store.export_rows(table, rows.last(), batch).await?;
+        if page.is_empty() {
+            return Ok(rows);
+        }
+        rows.extend(page);
+    }
 }
 
 fn side(url: &str) -> StoreConfig {
@@ -133,19 +196,20 @@ async fn copy_table(
     src: &dyn ConversationStore,
     dst: &dyn ConversationStore,
     table: Table,
+    batch: u32,
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
-    let mut offset = 0;
+    let mut after: Option<Row> = None;
     loop {
-        let rows = src.export_rows(table, offset, BATCH).await?;
-        if rows.is_empty() {
+        let rows = src.export_rows(table, after.as_ref(), batch).await?;
+        let Some(last) = rows.last() else {
             return Ok(());
-        }
+        };
         dst.import_rows(table, &rows)
             .await
             .with_context(|| format!("copying {}", table.name()))?;
-        offset += rows.len() as u64;
         bar.inc(rows.len() as u64);
+        after = Some(last.clone());
     }
 }
 
@@ -153,13 +217,17 @@ async fn copy_blobs(
     src: &Blobs,
     dst: &Blobs,
     keys: &[(String, u64)],
+    present: &HashMap<String, u64>,
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
-    for (key, _) in keys {
-        let bytes = src.get(key).await.with_context(|| format!("reading {key}"))?;
-        dst.put_key(key, bytes)
-            .await
-            .with_context(|| format!("writing {key}"))?;
+    for (key, size) in keys {
+        // A blob is written whole or not at all, so one of the right size is done.
+        if present.get(key) != Some(size) {
+            let bytes = src.get(key).await.with_context(|| format!("reading {key}"))?;
+            dst.put_key(key, bytes)
+                .await
+                .with_context(|| format!("writing {key}"))?;
+        }
         bar.inc(1);
     }
     Ok(())

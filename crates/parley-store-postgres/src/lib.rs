@@ -453,6 +453,22 @@ enum Finish<'a> {
     GivenUp(&'a str),
 }
 
+/// Binds a copied value with its column's type, so a NULL is typed too.
+fn bind_value<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    value: &'q Value,
+    kind: Kind,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    match (value, kind) {
+        (Value::Text(t), _) => q.bind(t.as_str()),
+        (Value::Int(n), _) => q.bind(*n),
+        (Value::Bool(b), _) => q.bind(*b),
+        (Value::Null, Kind::Text) => q.bind(None::<String>),
+        (Value::Null, Kind::Bool) => q.bind(None::<bool>),
+        (Value::Null, Kind::Int) => q.bind(None::<i64>),
+    }
+}
+
 #[async_trait]
 impl ConversationStore for PostgresStore {
     async fn has_accounts(&self) -> StoreResult<bool> {
@@ -1384,32 +1400,35 @@ impl ConversationStore for PostgresStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn export_rows(&self, table: Table, offset: u64, limit: u32) -> StoreResult<Vec<CopyRow>> {
-        // Names come from `Table`, never from input. Keys sort bytewise, as in SQLite.
-        let key = table
-            .key()
-            .split(", ")
-            .map(|k| {
-                let text = table
-                    .columns()
-                    .iter()
-                    .any(|(c, kind)| *c == k && *kind == Kind::Text);
-                if text {
-                    format!("{k} COLLATE \"C\"")
-                } else {
-                    k.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+    async fn export_rows(
+        &self,
+        table: Table,
+        after: Option<&CopyRow>,
+        limit: u32,
+    ) -> StoreResult<Vec<CopyRow>> {
+        // Names come from `Table`, never from input. Ordered as the primary key's index is, so a
+        // page is an index range scan however deep it starts.
+        let key = table.key().join(", ");
+        let n = table.key().len();
+        let from = match after {
+            Some(_) => format!(
+                "WHERE ({key}) > ({})",
+                (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+            ),
+            None => String::new(),
+        };
+        let limit_at = if after.is_some() { n + 1 } else { 1 };
         let sql = format!(
-            "SELECT {} FROM {} ORDER BY {key} LIMIT $1 OFFSET $2",
+            "SELECT {} FROM {} {from} ORDER BY {key} LIMIT ${limit_at}",
             table.column_list(),
-            table.name()
+            table.name(),
         );
-        let rows = sqlx::query(&sql)
+        let mut q = sqlx::query(&sql);
+        for (_, kind, value) in after.map(|row| table.key_of(row)).unwrap_or_default() {
+            q = bind_value(q, value, kind);
+        }
+        let rows = q
             .bind(i64::from(limit))
-            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
@@ -1444,7 +1463,7 @@ impl ConversationStore for PostgresStore {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({placeholders})",
+            "INSERT INTO {} ({}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
             table.name(),
             table.column_list()
         );
@@ -1452,14 +1471,7 @@ impl ConversationStore for PostgresStore {
         for row in rows {
             let mut q = sqlx::query(&sql);
             for (value, (_, kind)) in row.iter().zip(table.columns()) {
-                q = match (value, kind) {
-                    (Value::Text(t), _) => q.bind(t.as_str()),
-                    (Value::Int(n), _) => q.bind(*n),
-                    (Value::Bool(b), _) => q.bind(*b),
-                    (Value::Null, Kind::Text) => q.bind(None::<String>),
-                    (Value::Null, Kind::Bool) => q.bind(None::<bool>),
-                    (Value::Null, Kind::Int) => q.bind(None::<i64>),
-                };
+                q = bind_value(q, value, *kind);
             }
             q.execute(&mut *tx).await.map_err(map_err)?;
         }

@@ -311,6 +311,21 @@ async fn insert_job(
     Ok(())
 }
 
+/// Binds a copied value with its column's type, so a NULL is typed too.
+fn bind_value<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    value: &'q Value,
+    kind: Kind,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    match (value, kind) {
+        (Value::Text(t), _) => q.bind(t.as_str()),
+        (Value::Int(n), _) => q.bind(*n),
+        (Value::Bool(b), _) => q.bind(*b),
+        (Value::Null, Kind::Text) => q.bind(None::<String>),
+        (Value::Null, _) => q.bind(None::<i64>),
+    }
+}
+
 const CLAIM_RETURNING: &str = "RETURNING job_id, kind, conversation_id, not_before, attempts";
 
 #[async_trait]
@@ -1287,17 +1302,29 @@ impl ConversationStore for SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn export_rows(&self, table: Table, offset: u64, limit: u32) -> StoreResult<Vec<CopyRow>> {
+    async fn export_rows(
+        &self,
+        table: Table,
+        after: Option<&CopyRow>,
+        limit: u32,
+    ) -> StoreResult<Vec<CopyRow>> {
         // Names come from `Table`, never from input.
+        let key = table.key().join(", ");
+        let from = match after {
+            Some(_) => format!("WHERE ({key}) > ({})", vec!["?"; table.key().len()].join(", ")),
+            None => String::new(),
+        };
         let sql = format!(
-            "SELECT {} FROM {} ORDER BY {} LIMIT ? OFFSET ?",
+            "SELECT {} FROM {} {from} ORDER BY {key} LIMIT ?",
             table.column_list(),
             table.name(),
-            table.key()
         );
-        let rows = sqlx::query(&sql)
+        let mut q = sqlx::query(&sql);
+        for (_, kind, value) in after.map(|row| table.key_of(row)).unwrap_or_default() {
+            q = bind_value(q, value, kind);
+        }
+        let rows = q
             .bind(i64::from(limit))
-            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
             .fetch_all(&self.readers)
             .await
             .map_err(map_err)?;
@@ -1329,7 +1356,7 @@ impl ConversationStore for SqliteStore {
     async fn import_rows(&self, table: Table, rows: &[CopyRow]) -> StoreResult<()> {
         let placeholders = vec!["?"; table.columns().len()].join(", ");
         let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({placeholders})",
+            "INSERT INTO {} ({}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
             table.name(),
             table.column_list()
         );
@@ -1337,13 +1364,7 @@ impl ConversationStore for SqliteStore {
         for row in rows {
             let mut q = sqlx::query(&sql);
             for (value, (_, kind)) in row.iter().zip(table.columns()) {
-                q = match (value, kind) {
-                    (Value::Text(t), _) => q.bind(t.as_str()),
-                    (Value::Int(n), _) => q.bind(*n),
-                    (Value::Bool(b), _) => q.bind(*b),
-                    (Value::Null, Kind::Text) => q.bind(None::<String>),
-                    (Value::Null, _) => q.bind(None::<i64>),
-                };
+                q = bind_value(q, value, *kind);
             }
             q.execute(&mut *tx).await.map_err(map_err)?;
         }

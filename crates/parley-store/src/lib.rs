@@ -435,10 +435,19 @@ pub trait ConversationStore: Send + Sync + 'static {
 
     /// Rows of a table.
     async fn count_rows(&self, table: table::Table) -> StoreResult<u64>;
-    /// A page of a table's rows in key order, values in [`table::Table::columns`] order.
-    async fn export_rows(&self, table: table::Table, offset: u64, limit: u32)
-    -> StoreResult<Vec<table::Row>>;
+    /// Up to `limit` rows of a table in key order, after the key of `after` (the last row of the
+    /// previous page), values in [`table::Table::columns`] order.
+    ///
+    /// Paging by key, not by offset, keeps each page as cheap as the first.
+    async fn export_rows(
+        &self,
+        table: table::Table,
+        after: Option<&table::Row>,
+        limit: u32,
+    ) -> StoreResult<Vec<table::Row>>;
     /// Inserts rows as exported (ids included) in one transaction, and moves serial counters past them.
+    ///
+    /// A row whose key is already there is skipped, so a copy that stopped half way can simply run again.
     async fn import_rows(&self, table: table::Table, rows: &[table::Row]) -> StoreResult<()>;
 
     /// Releases connections.

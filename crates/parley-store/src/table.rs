@@ -53,19 +53,34 @@ impl Table {
         }
     }
 
-    /// Columns that order the rows stably (the primary key).
-    pub const fn key(self) -> &'static str {
+    /// The primary key's columns: they order exports, and a page resumes after the last row's key.
+    pub const fn key(self) -> &'static [&'static str] {
         match self {
-            Table::Account => "account_id",
-            Table::ApiKey => "key_id",
-            Table::Conversation => "conversation_id",
-            Table::Participant => "participant_id",
-            Table::Event => "event_id",
-            Table::Asset => "conversation_id, name",
-            Table::Delivery => "delivery_seq",
-            Table::ErasureReceipt => "conversation_id",
-            Table::Job => "job_id",
+            Table::Account => &["account_id"],
+            Table::ApiKey => &["key_id"],
+            Table::Conversation => &["conversation_id"],
+            Table::Participant => &["participant_id"],
+            Table::Event => &["event_id"],
+            Table::Asset => &["conversation_id", "name"],
+            Table::Delivery => &["delivery_seq"],
+            Table::ErasureReceipt => &["conversation_id"],
+            Table::Job => &["job_id"],
         }
+    }
+
+    /// The values of `row`'s key columns, in [`Table::key`] order.
+    pub fn key_of(self, row: &Row) -> Vec<(&'static str, Kind, &Value)> {
+        self.key()
+            .iter()
+            .map(|k| {
+                let i = self
+                    .columns()
+                    .iter()
+                    .position(|(c, _)| c == k)
+                    .expect("every key column is a column of its table");
+                (*k, self.columns()[i].1, &row[i])
+            })
+            .collect()
     }
 
     /// The serial column whose counter must follow copied rows, if any.

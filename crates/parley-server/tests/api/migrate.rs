@@ -1,9 +1,76 @@
 //! `parley migrate-store`: everything copied from an embedded store, and the copy serves it all.
 
+use std::process::{Command, Output, Stdio};
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{Backing, Receiver, TestApp, cli_new_key, parley};
+use crate::support::{Backing, Receiver, TestApp, cli_new_key, eventually, parley};
+
+/// `parley migrate-store` from one state into another.
+fn migrate_command(source: &Backing, target: &Backing) -> Command {
+    let mut command = parley();
+    command
+        .arg("migrate-store")
+        .args(source.migrate_args("from"))
+        .args(target.migrate_args("to"));
+    command
+}
+
+fn migrate(source: &Backing, target: &Backing) -> Output {
+    migrate_command(source, target).output().unwrap()
+}
+
+trait Succeeds {
+    /// Panics with the command's output unless it succeeded; returns stdout.
+    fn success(&self) -> String;
+}
+
+impl Succeeds for Output {
+    fn success(&self) -> String {
+        let stdout = String::from_utf8_lossy(&self.stdout).into_owned();
+        assert!(
+            self.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&self.stderr)
+        );
+        stdout
+    }
+}
+
+/// An embedded store with `n` conversations (test mode, so no cap), stopped; their ids.
+async fn source_with(n: usize) -> (Backing, Vec<String>) {
+    let source = Backing::sqlite();
+    let app = TestApp::spawn_on(source.clone(), |_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            app.create(json!({ "test_mode": true, "conversation_name": format!("call {i}") }))
+                .await,
+        );
+    }
+    let recorded = app
+        .ended(json!({ "properties": { "enable_recording": true } }))
+        .await;
+    app.wait_for_jobs().await;
+    ids.push(recorded);
+    app.stop().await;
+    (source, ids)
+}
+
+/// Every conversation of `ids` is served by a server on `target`, with `key`.
+async fn serves_all(target: &Backing, key: &str, ids: &[String]) {
+    let mut copy = TestApp::spawn_on(target.clone(), |_| {}).await;
+    copy.key = key.to_owned();
+    let (status, list) = copy.call(Method::GET, "/v2/conversations?limit=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total_count"], ids.len());
+    for id in ids {
+        let (status, _) = copy.call(Method::GET, &format!("/v2/conversations/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+    }
+    copy.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_is_copied_whole_into_another_store() {
@@ -64,15 +131,12 @@ async fn an_embedded_store_is_copied_whole_into_another_store() {
         stdout.contains("conversation") && stdout.contains("blobs"),
         "{stdout}"
     );
-    // Copying again into what is no longer empty is refused.
-    let again = parley()
-        .arg("migrate-store")
-        .args(source.migrate_args("from"))
-        .args(target.migrate_args("to"))
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("empty store"));
+    // Copying again finds everything there: nothing changes, and the check still passes.
+    let db = target.db().await;
+    let events_before = db.scalar("SELECT COUNT(*) FROM event").await;
+    migrate(&source, &target).success();
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM event").await, events_before);
+    db.close().await;
 
     // The destination serves the same conversations, events, recordings, keys and receipts.
     let mut copy = TestApp::spawn_on(target.clone(), |_| {}).await;
@@ -131,4 +195,86 @@ async fn an_embedded_store_is_copied_whole_into_another_store() {
             .0,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_failed_half_way_is_finished_by_running_it_again() {
+    let (source, ids) = source_with(20).await;
+    let key = source.cli(&["keys", "create", "--account", "default"]);
+    let key = key.trim();
+    // A file where the recording's folder must go: the first run copies every row, then fails
+    // to write that blob.
+    let recorded = ids.last().unwrap();
+    let target = Backing::sqlite();
+    let blocker = target.data_dir().join("blobs/conversations").join(recorded);
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let failed = migrate(&source, &target);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("recording.wav"), "{stderr}");
+    let db = target.db().await;
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM conversation").await,
+        ids.len() as i64
+    );
+    db.close().await;
+
+    std::fs::remove_file(&blocker).unwrap();
+    let stdout = migrate(&source, &target).success();
+    assert!(stdout.contains("blobs"), "{stdout}");
+    serves_all(&target, key, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_was_killed_is_finished_by_running_it_again() {
+    let (source, ids) = source_with(150).await;
+    let key = source.cli(&["keys", "create", "--account", "default"]);
+    let key = key.trim();
+    let target = Backing::fresh().await;
+    // The schema first, so the copy's progress can be watched from the start.
+    target.cli(&["keys", "list"]);
+    // One row per transaction, so the kill lands between two of them.
+    let mut child = migrate_command(&source, &target)
+        .args(["--batch-size", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = target.db().await;
+    eventually("the copy reaches the conversations", || async {
+        db.scalar("SELECT COUNT(*) FROM conversation").await > 0
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let copied = db.scalar("SELECT COUNT(*) FROM conversation").await;
+    assert!(copied < ids.len() as i64, "killed half way: {copied}");
+
+    let stdout = migrate(&source, &target).success();
+    assert!(stdout.contains("conversation"), "{stdout}");
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM conversation").await,
+        ids.len() as i64
+    );
+    db.close().await;
+    serves_all(&target, key, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_holding_another_store_is_refused_and_left_alone() {
+    let (source, _) = source_with(3).await;
+    let (other, other_ids) = source_with(1).await;
+    let target = Backing::fresh().await;
+    migrate(&other, &target).success();
+    let db = target.db().await;
+    let before = db.scalar("SELECT COUNT(*) FROM conversation").await;
+
+    let refused = migrate(&source, &target);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not from this source"), "{stderr}");
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM conversation").await, before);
+    assert_eq!(before, other_ids.len() as i64);
+    db.close().await;
 }
