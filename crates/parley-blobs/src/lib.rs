@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 use parley_domain::ConversationId;
 
 /// Blob store failures.
@@ -85,19 +85,31 @@ impl Blobs {
             retry_timeout: Duration::from_secs(10),
             ..RetryConfig::default()
         };
-        let options = ClientOptions::new()
-            .with_timeout(Duration::from_secs(30))
-            .with_connect_timeout(Duration::from_secs(3));
+        // Set key by key: `with_client_options` would replace what `from_env` read, such as
+        // `AWS_ALLOW_HTTP`.
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .with_retry(retry)
-            .with_client_options(options);
+            .with_retry(retry);
+        for (key, value) in [
+            (ClientConfigKey::Timeout, "30s"),
+            (ClientConfigKey::ConnectTimeout, "3s"),
+        ] {
+            let key = AmazonS3ConfigKey::Client(key);
+            if builder.get_config_value(&key).is_none() {
+                builder = builder.with_config(key, value);
+            }
+        }
         if let Some(endpoint) = endpoint {
             builder = builder
                 .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
                 // S3-compatible servers rarely do virtual-hosted buckets.
                 .with_virtual_hosted_style_request(false);
+        }
+        // A plain-http endpoint, from the flag or `AWS_ENDPOINT_URL`, is a local S3-compatible
+        // server: allow it, as the endpoint itself says so.
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        if endpoint.is_some_and(|e| e.starts_with("http://")) {
+            builder = builder.with_allow_http(true);
         }
         if let Some(region) = region {
             builder = builder.with_region(region);
