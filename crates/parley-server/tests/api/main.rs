@@ -1,4 +1,7 @@
 //! API tests: real HTTP against a real server on port 0, each with a fresh data directory.
+//!
+//! The modules behind the `e2e` feature need more than a data directory: a browser, or the
+//! PostgreSQL and S3 servers that `scripts/test` starts. They fail, never skip, without them.
 
 mod auth;
 mod bad_input;
@@ -9,8 +12,12 @@ mod lifecycle;
 mod list;
 mod migrate;
 mod multiprocess;
+#[cfg(feature = "e2e")]
 mod outage;
+#[cfg(feature = "e2e")]
 mod room;
+#[cfg(feature = "e2e")]
+mod shared;
 mod support;
 mod timers;
 mod webhooks;

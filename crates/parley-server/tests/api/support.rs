@@ -26,46 +26,48 @@ pub struct Backing {
     s3_endpoint: Option<String>,
 }
 
+/// A variable that `scripts/test` sets; a clear failure, never a silent skip, without it.
+fn need(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run scripts/test, which starts PostgreSQL and an S3 server (see README)")
+    })
+}
+
 fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
 impl Backing {
-    /// Fresh state for one test.
+    /// Fresh state for one test, on the run's backend.
     pub async fn fresh() -> Self {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         match std::env::var("PARLEY_TEST_BACKEND").as_deref() {
-            Ok("postgres") => {
-                let admin_url = std::env::var("PARLEY_TEST_POSTGRES_URL")
-                    .expect("PARLEY_TEST_BACKEND=postgres needs PARLEY_TEST_POSTGRES_URL");
-                let name = format!("parley_test_{}", random_suffix());
-                let admin = sqlx::PgPool::connect(&admin_url)
-                    .await
-                    .expect("the test PostgreSQL answers");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-                admin.close().await;
-                let mut url = url::Url::parse(&admin_url).unwrap();
-                url.set_path(&format!("/{name}"));
-                let bucket = std::env::var("PARLEY_TEST_S3_BUCKET").expect("PARLEY_TEST_S3_BUCKET");
-                Self {
-                    dir,
-                    database_url: Some(url.to_string()),
-                    blob_url: Some(format!("s3://{bucket}/test-{}", random_suffix())),
-                    s3_endpoint: Some(
-                        std::env::var("PARLEY_TEST_S3_ENDPOINT").expect("PARLEY_TEST_S3_ENDPOINT"),
-                    ),
-                }
-            }
-            Ok("sqlite") | Err(_) => Self {
-                dir,
-                database_url: None,
-                blob_url: None,
-                s3_endpoint: None,
-            },
+            Ok("postgres") => Self::postgres().await,
+            Ok("sqlite") | Err(_) => Self::sqlite(),
             Ok(other) => panic!("unknown PARLEY_TEST_BACKEND {other:?}"),
+        }
+    }
+
+    /// A fresh PostgreSQL database and a fresh S3 prefix on the servers `scripts/test` starts.
+    pub async fn postgres() -> Self {
+        let admin_url = need("PARLEY_TEST_POSTGRES_URL");
+        let bucket = need("PARLEY_TEST_S3_BUCKET");
+        let endpoint = need("PARLEY_TEST_S3_ENDPOINT");
+        let name = format!("parley_test_{}", random_suffix());
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("the test PostgreSQL answers");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&format!("/{name}"));
+        Self {
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            database_url: Some(url.to_string()),
+            blob_url: Some(format!("s3://{bucket}/test-{}", random_suffix())),
+            s3_endpoint: Some(endpoint),
         }
     }
 
@@ -97,6 +99,10 @@ impl Backing {
     }
 
     /// State on given servers: a PostgreSQL URL and an S3 bucket URL with its endpoint.
+    #[cfg_attr(
+        not(feature = "e2e"),
+        expect(dead_code, reason = "only the outage test starts servers")
+    )]
     pub fn shared(database_url: String, blob_url: String, s3_endpoint: String) -> Self {
         Self {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
