@@ -230,7 +230,8 @@ pub async fn delete_conversation(
         };
     }
     let retention = state.settings.retention_for(account);
-    // An active call is ended first, then hidden; two rounds at most.
+    // An active call is ended first, then hidden. A call is never active again once ended, so
+    // the second round settles it whatever concurrent requests did in between.
     for _ in 0..2 {
         let now = Timestamp::now();
         let purge_at = now.plus_millis(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
@@ -247,14 +248,15 @@ pub async fn delete_conversation(
                     .end_conversation(Some(&account.name), id, reason, now, jobs::inline_lease(state))
                     .await?
                 {
-                    EndOutcome::NotFound => return Err(ServiceError::InvalidConversationId),
-                    EndOutcome::AlreadyEnded(_) => {}
+                    // Another request ended and hid it meanwhile: the next round answers
+                    // 204 for a soft-deleted one, 400 for one hard-deleted since.
+                    EndOutcome::NotFound | EndOutcome::AlreadyEnded(_) => {}
                     EndOutcome::Ended { finalize, .. } => jobs::run_if_claimed(state, finalize).await,
                 }
             }
         }
     }
-    // Someone else's concurrent requests moved it twice; the client may simply retry.
+    // Unreachable by the reasoning above; a retry would settle it.
     Err(ServiceError::Store(StoreError::Unavailable(
         "conversation changed during delete".into(),
     )))

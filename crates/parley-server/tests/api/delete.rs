@@ -338,3 +338,46 @@ async fn clients_hanging_up_mid_request_never_break_later_writes() {
     app.wait_for_jobs().await;
     assert!(app.backing.blob_keys(&fresh).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_soft_deletes_of_a_live_call_all_answer_204() {
+    let app = TestApp::spawn().await;
+    let id = app.create(json!({})).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let req = app.req(Method::DELETE, &format!("/v2/conversations/{id}"));
+        tasks.spawn(async move { req.send().await.unwrap().status() });
+    }
+    let statuses = tasks.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::NO_CONTENT),
+        "{statuses:?}"
+    );
+    // Ended once, hidden once: one shutdown, one retention purge.
+    let db = app.db().await;
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM event WHERE conversation_id = ? AND event_type = 'system.shutdown'",
+            &id
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM job WHERE conversation_id = ? AND kind = 'retention_purge'",
+            &id
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.text("SELECT status FROM conversation WHERE conversation_id = ?", &id)
+            .await,
+        "ended"
+    );
+    assert_eq!(
+        app.call(Method::GET, &format!("/v2/conversations/{id}")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+}
