@@ -141,6 +141,12 @@ pub async fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
                 "DELIVERY_ID", "CONVERSATION_ID", "EVENT_TYPE", "STATUS", "ATTEMPTS", "NEXT_ATTEMPT_AT"
             )?;
             for d in deliveries {
+                // A pending delivery whose last attempt failed is what an operator looks for
+                // while a receiver is down: it gets its own word.
+                let status = match (d.status.as_str(), &d.last_error) {
+                    ("pending", Some(_)) => "retrying",
+                    (status, _) => status,
+                };
                 let next = if d.status == "pending" {
                     d.next_attempt_at.to_string()
                 } else {
@@ -152,7 +158,7 @@ pub async fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
                     d.id,
                     d.conversation_id,
                     d.event_type,
-                    d.status,
+                    status,
                     d.attempts,
                     next,
                     d.last_error.unwrap_or_default()

@@ -129,7 +129,7 @@ pub enum WebhooksCommand {
         /// Only this conversation's deliveries.
         #[arg(long)]
         conversation: Option<String>,
-        /// Only deliveries that were given up.
+        /// Only deliveries in trouble: given up (`failed`), or waiting to retry after a failed attempt (`retrying`).
         #[arg(long)]
         failed: bool,
     },

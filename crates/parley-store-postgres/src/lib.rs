@@ -1238,7 +1238,7 @@ impl ConversationStore for PostgresStore {
         let rows = sqlx::query(
             "SELECT delivery_id, conversation_id, event_type, url, status, attempts, next_attempt_at, last_error, \
              created_at, finished_at FROM delivery \
-             WHERE ($1::TEXT IS NULL OR conversation_id = $1) AND (NOT $2 OR status = 'failed') \
+             WHERE ($1::TEXT IS NULL OR conversation_id = $1) AND (NOT $2 OR status = 'failed' OR (status = 'pending' AND last_error IS NOT NULL)) \
              ORDER BY delivery_seq",
         )
         .bind(filter.conversation_id)

@@ -1133,7 +1133,8 @@ impl ConversationStore for SqliteStore {
         let rows = sqlx::query(
             "SELECT delivery_id, conversation_id, event_type, url, status, attempts, next_attempt_at, last_error, \
              created_at, finished_at FROM delivery \
-             WHERE (?1 IS NULL OR conversation_id = ?1) AND (?2 = 0 OR status = 'failed') ORDER BY delivery_seq",
+             WHERE (?1 IS NULL OR conversation_id = ?1) AND (?2 = 0 OR status = 'failed' OR (status = 'pending' AND last_error IS NOT NULL)) \
+             ORDER BY delivery_seq",
         )
         .bind(filter.conversation_id)
         .bind(filter.failed_only)

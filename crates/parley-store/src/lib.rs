@@ -244,6 +244,7 @@ pub struct DeliveryInfo {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeliveryFilter<'a> {
     pub conversation_id: Option<&'a str>,
+    /// Only deliveries in trouble: given up, or pending after a failed attempt.
     pub failed_only: bool,
 }
 

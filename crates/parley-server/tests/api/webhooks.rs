@@ -375,6 +375,7 @@ async fn failed_deliveries_are_given_up_listed_and_retried_by_the_operator() {
         .lines()
         .find(|l| l.contains(&id))
         .expect("the failed delivery is listed");
+    assert_eq!(line.split_whitespace().nth(3), Some("failed"), "{line}");
     assert!(
         line.contains("system.replica_joined") && line.contains("receiver answered HTTP 500"),
         "{line}"
@@ -396,6 +397,39 @@ async fn failed_deliveries_are_given_up_listed_and_retried_by_the_operator() {
             .any(|l| l.contains(&delivery_id) && l.contains("delivered")),
         "{listing}"
     );
+}
+
+#[tokio::test]
+async fn the_failed_list_shows_deliveries_waiting_to_retry_beside_those_given_up() {
+    // Retried for a day, an hour apart: after its first failure the delivery waits.
+    let app = TestApp::spawn_with(|c| c.webhook_retry_base = Duration::from_secs(3600)).await;
+    let down = Receiver::start().await;
+    down.answer(&[503; 64]);
+    let up = Receiver::start().await;
+    let waiting = app.create(json!({ "callback_url": down.url })).await;
+    let fine = app.create(json!({ "callback_url": up.url })).await;
+    up.wait_delivered(1).await;
+    let db = app.db().await;
+    eventually("the first attempt fails", || async {
+        db.count(
+            "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND last_error IS NOT NULL",
+            &waiting,
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    let listing = app.backing.cli(&["webhooks", "list", "--failed"]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&waiting))
+        .unwrap_or_else(|| panic!("a delivery waiting to retry is listed: {listing}"));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(columns[3], "retrying", "{line}");
+    assert_eq!(columns[4], "1", "one attempt so far: {line}");
+    assert!(line.contains("receiver answered HTTP 503"), "{line}");
+    assert!(!listing.contains(&fine), "a delivered one is not: {listing}");
 }
 
 #[tokio::test]
