@@ -1369,7 +1369,8 @@ impl ConversationStore for PostgresStore {
 
     async fn list_jobs(&self) -> StoreResult<Vec<JobInfo>> {
         let rows = sqlx::query(
-            "SELECT job_id, kind, conversation_id, run_at, attempts, last_error FROM job ORDER BY job_id",
+            "SELECT job_id, kind, conversation_id, run_at, not_before, locked_until, attempts, last_error \
+             FROM job ORDER BY job_id",
         )
         .fetch_all(&self.pool)
         .await
@@ -1381,8 +1382,10 @@ impl ConversationStore for PostgresStore {
                 kind: r.get(1),
                 conversation_id: r.get(2),
                 run_at: Timestamp::from_micros(r.get(3)),
-                attempts: attempts(r.get(4)),
-                last_error: r.get(5),
+                not_before: ts(r.get(4)),
+                locked_until: ts(r.get(5)),
+                attempts: attempts(r.get(6)),
+                last_error: r.get(7),
             })
             .collect())
     }

@@ -1257,7 +1257,8 @@ impl ConversationStore for SqliteStore {
 
     async fn list_jobs(&self) -> StoreResult<Vec<JobInfo>> {
         let rows = sqlx::query(
-            "SELECT job_id, kind, conversation_id, run_at, attempts, last_error FROM job ORDER BY job_id",
+            "SELECT job_id, kind, conversation_id, run_at, not_before, locked_until, attempts, last_error \
+             FROM job ORDER BY job_id",
         )
         .fetch_all(&self.readers)
         .await
@@ -1269,8 +1270,10 @@ impl ConversationStore for SqliteStore {
                 kind: r.get(1),
                 conversation_id: r.get(2),
                 run_at: Timestamp::from_micros(r.get(3)),
-                attempts: u32::try_from(r.get::<i64, _>(4)).unwrap_or(u32::MAX),
-                last_error: r.get(5),
+                not_before: ts(r.get(4)),
+                locked_until: ts(r.get(5)),
+                attempts: u32::try_from(r.get::<i64, _>(6)).unwrap_or(u32::MAX),
+                last_error: r.get(7),
             })
             .collect())
     }

@@ -203,6 +203,10 @@ pub struct JobInfo {
     pub kind: String,
     pub conversation_id: String,
     pub run_at: Timestamp,
+    /// Set for timers and retention jobs: the instant the job checks is still current.
+    pub not_before: Option<Timestamp>,
+    /// Set while a runner holds the job: the end of its lease.
+    pub locked_until: Option<Timestamp>,
     pub attempts: u32,
     pub last_error: Option<String>,
 }
