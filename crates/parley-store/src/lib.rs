@@ -1,6 +1,8 @@
 //! The storage boundary: the `ConversationStore` trait every backend implements, and its errors.
 
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, Timestamp};

@@ -1,0 +1,90 @@
+//! Contract tests for erasure receipts: what remains of a hard-deleted conversation.
+
+use super::{T0, TestStore, at, conversation, ended_call, finish, hard_delete, seed};
+use crate::{DeleteScope, ErasureReceipt, HardDeleteOutcome, JobKind, SoftDeleteOutcome};
+
+/// `list_receipts`: every field, newest first, for one account or all.
+pub async fn erasure_receipts_say_who_when_and_how_much_newest_first_per_account<T: TestStore>(
+    fresh: impl AsyncFn() -> T,
+) {
+    let t = fresh().await;
+    let store = t.store();
+    let a = ended_call(&*store, "acme", T0).await;
+    let theirs = ended_call(&*store, "other", T0).await;
+    let expiring = ended_call(&*store, "acme", T0).await;
+    let live = conversation("acme", T0);
+    seed(&*store, &live).await;
+
+    let (ra, _) = hard_delete(&*store, &a, at(10)).await;
+    let (rt, _) = hard_delete(&*store, &theirs, at(20)).await;
+    let soft = store.soft_delete("acme", &expiring.id, at(25), at(30)).await;
+    assert_eq!(soft.expect("soft delete"), SoftDeleteOutcome::Deleted);
+    let retention = DeleteScope::RetentionExpired { deleted_at: at(25) };
+    let outcome = store.hard_delete(retention, &expiring.id, at(30), None).await;
+    let Ok(HardDeleteOutcome::Deleted { receipt: re, .. }) = outcome else {
+        panic!("not deleted: {outcome:?}");
+    };
+    let (rl, _) = hard_delete(&*store, &live, at(40)).await;
+
+    let row = |r: &ErasureReceipt| {
+        (
+            r.conversation_id.to_string(),
+            r.account.clone(),
+            r.erased_at,
+            r.reason.clone(),
+            r.events,
+            r.assets,
+            r.asset_bytes,
+        )
+    };
+    let expect =
+        |id: &parley_domain::ConversationId, account: &str, secs, reason: &str, counts: (u64, u64, u64)| {
+            (
+                id.to_string(),
+                account.to_owned(),
+                at(secs),
+                reason.to_owned(),
+                counts.0,
+                counts.1,
+                counts.2,
+            )
+        };
+    // What hard_delete returned is what is kept.
+    for (returned, expected) in [
+        (&ra, expect(&a.id, "acme", 10, "hard_delete", (4, 1, 48_044))),
+        (
+            &rt,
+            expect(&theirs.id, "other", 20, "hard_delete", (4, 1, 48_044)),
+        ),
+        (
+            &re,
+            expect(&expiring.id, "acme", 30, "retention_expired", (4, 1, 48_044)),
+        ),
+        // A live call: only the shutdown its delete wrote, and no asset.
+        (&rl, expect(&live.id, "acme", 40, "hard_delete", (1, 0, 0))),
+    ] {
+        assert_eq!(row(returned), expected);
+    }
+    let listed = async |account| {
+        let receipts = store.list_receipts(account).await.expect("receipts");
+        receipts.iter().map(row).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(None).await, [row(&rl), row(&re), row(&rt), row(&ra)]);
+    assert_eq!(listed(Some("acme")).await, [row(&rl), row(&re), row(&ra)]);
+    assert_eq!(listed(Some("other")).await, [row(&rt)]);
+    assert!(listed(Some("nobody")).await.is_empty());
+
+    finish(
+        t,
+        &[
+            (JobKind::Finalize, &a.id),
+            (JobKind::Finalize, &theirs.id),
+            (JobKind::Finalize, &expiring.id),
+            (JobKind::Purge, &a.id),
+            (JobKind::Purge, &theirs.id),
+            (JobKind::Purge, &expiring.id),
+            (JobKind::Purge, &live.id),
+        ],
+    )
+    .await;
+}
