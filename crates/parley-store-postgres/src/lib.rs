@@ -145,9 +145,12 @@ impl PostgresStore {
             .await
             .map_err(map_err)?
             .is_some();
+        // The writes check the claim again: the SELECT above locked nothing, so a claimer may have
+        // taken the delivery since (our lease expired), and then it is no longer ours to finish.
         if !alive {
-            sqlx::query("DELETE FROM delivery WHERE delivery_id = $1")
+            sqlx::query("DELETE FROM delivery WHERE delivery_id = $1 AND attempts = $2")
                 .bind(&delivery.id)
+                .bind(i64::from(delivery.attempts))
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -158,12 +161,13 @@ impl PostgresStore {
             };
             sqlx::query(
                 "UPDATE delivery SET status = $1, finished_at = $2, locked_until = NULL, last_error = $3 \
-                 WHERE delivery_id = $4",
+                 WHERE delivery_id = $4 AND attempts = $5",
             )
             .bind(status)
             .bind(now.as_micros())
             .bind(error)
             .bind(&delivery.id)
+            .bind(i64::from(delivery.attempts))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
