@@ -71,6 +71,7 @@ macro_rules! store_contract {
             delivery::deliveries_carry_their_accounts_signing_secret_while_one_is_set,
             delivery::a_hard_delete_keeps_only_unsent_deliveries_without_content_and_forgets_them_once_finished,
             delivery::concurrent_delivery_runners_send_each_conversation_in_order_one_at_a_time,
+            delivery::listing_failed_deliveries_shows_those_given_up_and_those_waiting_to_retry,
             receipt::erasure_receipts_say_who_when_and_how_much_newest_first_per_account,
         );
     };

@@ -10,7 +10,7 @@ use super::{
     CALLBACK, T0, TestStore, after_end_events, assert_same, at, conversation, deliveries_of, end, finish,
     hard_delete, jobs_of, recording, seed, types_and_statuses, usual_jobs, with_callback,
 };
-use crate::table::Table;
+use crate::table::{Table, Value};
 use crate::{EndOutcome, JobKind, ParticipantOutcome, SoftDeleteOutcome, StoreError};
 
 /// `create_conversation`, `get_conversation` and `load_conversation`, field for field.
@@ -187,6 +187,11 @@ pub async fn the_cap_counts_only_active_conversations_outside_test_mode<T: TestS
         "{refused:?}"
     );
     assert!(store.load_conversation(&over.id).await.expect("load").is_none());
+    // Nor is there a conversation without its account.
+    let orphan = store
+        .create_conversation(&conversation("nobody", at(3)), 3, &[])
+        .await;
+    assert!(orphan.is_err(), "a conversation of an unknown account was stored");
 
     // Test mode is never counted, nor checked: not even against a cap of 0.
     let mut rehearsal = conversation("acme", at(4));
@@ -696,7 +701,30 @@ pub async fn participants_are_counted_in_and_out_and_an_empty_room_schedules_the
         ),
         (1, Some(at(10)), Some(at(30)))
     );
-    assert_eq!(store.count_rows(Table::Participant).await.expect("count"), 3);
+    // Each person's own record says when they came and went.
+    let rows = store
+        .export_rows(Table::Participant, None, 10)
+        .await
+        .expect("export");
+    let mut visits: Vec<_> = rows
+        .into_iter()
+        .map(|row| match &row[..] {
+            [Value::Text(who), Value::Text(of), joined, left] if *of == c.id.as_str() => {
+                (who.clone(), joined.clone(), left.clone())
+            }
+            other => panic!("not a participant of {}: {other:?}", c.id),
+        })
+        .collect();
+    visits.sort_by(|a, b| a.0.cmp(&b.0));
+    let micros = |secs| Value::Int(at(secs).as_micros());
+    assert_eq!(
+        visits,
+        [
+            ("p1".to_owned(), micros(10), micros(20)),
+            ("p2".to_owned(), micros(11), micros(30)),
+            ("p3".to_owned(), micros(40), Value::Null),
+        ]
+    );
 
     // Nobody joins or leaves a call that is over, an unknown one, or a soft-deleted one.
     end(&*store, &c.id, at(50)).await;

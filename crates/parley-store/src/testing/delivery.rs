@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use parley_domain::{Conversation, Event, Timestamp};
+use parley_domain::{Conversation, ConversationId, Event, Timestamp};
 use tokio::task::JoinSet;
 
 use super::{
@@ -581,4 +581,75 @@ pub async fn concurrent_delivery_runners_send_each_conversation_in_order_one_at_
     }
     let expected: Vec<_> = made.iter().map(|c| (JobKind::Finalize, &c.id)).collect();
     finish(t, &expected).await;
+}
+
+/// `DeliveryFilter`: by conversation, and `failed_only` for those given up or waiting to retry.
+pub async fn listing_failed_deliveries_shows_those_given_up_and_those_waiting_to_retry<T: TestStore>(
+    fresh: impl AsyncFn() -> T,
+) {
+    let t = fresh().await;
+    let store = t.store();
+    let x = four_deliveries(&*store, "acme", T0).await;
+    let y = four_deliveries(&*store, "acme", T0).await;
+    let z = four_deliveries(&*store, "acme", T0).await;
+    let first = store.claim_deliveries(at(10), at(70), 10).await.expect("claim");
+    // x's join is given up; y's waits to retry; z's failed once and then went through.
+    store
+        .delivery_failed(of(&first, &x), "410 Gone", None, at(11))
+        .await
+        .expect("gave up");
+    store
+        .delivery_failed(of(&first, &y), "503 Service Unavailable", Some(at(100)), at(11))
+        .await
+        .expect("failed");
+    store
+        .delivery_failed(of(&first, &z), "timed out", Some(at(12)), at(11))
+        .await
+        .expect("failed");
+    let again = store.claim_deliveries(at(12), at(72), 10).await.expect("claim");
+    store
+        .delivery_succeeded(of(&again, &z), at(13))
+        .await
+        .expect("sent");
+
+    let list = async |conversation_id: Option<&ConversationId>, failed_only| {
+        let filter = DeliveryFilter {
+            conversation_id: conversation_id.map(ConversationId::as_str),
+            failed_only,
+        };
+        let listed = store.list_deliveries(filter).await.expect("listing deliveries");
+        listed
+            .into_iter()
+            .map(|d| (d.conversation_id, d.event_type, d.status))
+            .collect::<Vec<_>>()
+    };
+    let row = |c: &Conversation, event_type: &str, status: &str| {
+        (c.id.to_string(), event_type.to_owned(), status.to_owned())
+    };
+    assert_eq!(
+        list(None, true).await,
+        [
+            row(&x, "system.replica_joined", "failed"),
+            row(&y, "system.replica_joined", "pending"),
+        ]
+    );
+    assert_eq!(
+        list(Some(&y.id), true).await,
+        [row(&y, "system.replica_joined", "pending")]
+    );
+    assert!(list(Some(&z.id), true).await.is_empty());
+    // Without `failed_only`, everything of the conversation, oldest first.
+    let all_of_x = list(Some(&x.id), false).await;
+    assert_eq!(all_of_x.len(), 4);
+    assert_eq!(all_of_x[0], row(&x, "system.replica_joined", "failed"));
+    assert_eq!(list(None, false).await.len(), 12);
+    finish(
+        t,
+        &[
+            (JobKind::Finalize, &x.id),
+            (JobKind::Finalize, &y.id),
+            (JobKind::Finalize, &z.id),
+        ],
+    )
+    .await;
 }
