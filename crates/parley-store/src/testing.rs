@@ -10,6 +10,7 @@
 
 pub mod account;
 pub mod conversation;
+pub mod copy;
 pub mod delete;
 pub mod delivery;
 pub mod job;
@@ -73,6 +74,10 @@ macro_rules! store_contract {
             delivery::concurrent_delivery_runners_send_each_conversation_in_order_one_at_a_time,
             delivery::listing_failed_deliveries_shows_those_given_up_and_those_waiting_to_retry,
             receipt::erasure_receipts_say_who_when_and_how_much_newest_first_per_account,
+            copy::every_table_copies_into_a_fresh_store_row_for_row,
+            copy::an_export_pages_by_key_and_visits_every_row_once,
+            copy::an_import_rerun_after_a_partial_copy_completes_it,
+            copy::a_copied_store_numbers_new_rows_after_the_copied_ones,
         );
     };
     (@each $fresh:expr; $($module:ident :: $name:ident),+ $(,)?) => {
@@ -326,6 +331,7 @@ mod tests {
         let modules = [
             ("account", include_str!("testing/account.rs")),
             ("conversation", include_str!("testing/conversation.rs")),
+            ("copy", include_str!("testing/copy.rs")),
             ("delete", include_str!("testing/delete.rs")),
             ("delivery", include_str!("testing/delivery.rs")),
             ("job", include_str!("testing/job.rs")),
