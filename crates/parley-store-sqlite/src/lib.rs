@@ -76,6 +76,7 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| Box::pin(async move { outside_transaction(conn).await }))
             .connect_with(options.clone())
             .await
             .map_err(map_err)?;
@@ -86,6 +87,7 @@ impl SqliteStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| Box::pin(async move { outside_transaction(conn).await }))
             .connect_with(options.read_only(true))
             .await
             .map_err(map_err)?;
@@ -101,6 +103,24 @@ impl SqliteStore {
         store.erase_residue().await?;
         Ok(store)
     }
+}
+
+/// Whether a connection going back to its pool is outside any transaction, and so fit for reuse.
+///
+/// On SQLITE_FULL (and I/O errors) SQLite rolls the whole transaction back by itself; the
+/// `ROLLBACK` sqlx then sends fails with "no transaction is active", and sqlx keeps counting one
+/// open transaction. Reused, such a connection refuses every later `BEGIN` ("attempted to call
+/// begin_with at non-zero transaction depth"): the writer would be lost until a restart. It is
+/// closed instead, and the pool opens a fresh one. The ping first lets the worker run any
+/// rollback a dropped transaction queued, so a connection whose rollback did work is kept.
+async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("closing a database connection left inside a failed transaction");
+    }
+    Ok(clean)
 }
 
 fn map_err(e: sqlx::Error) -> StoreError {
@@ -1379,5 +1399,110 @@ impl ConversationStore for SqliteStore {
     async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversation(n: u8, context_bytes: usize) -> Conversation {
+        let now = Timestamp::now();
+        Conversation {
+            id: ConversationId::from_random([n; 8]),
+            account: "a".into(),
+            status: Status::Ended,
+            conversation_name: None,
+            callback_url: None,
+            replica_id: "rfe12d8b9597".into(),
+            persona_id: "pdced222244b".into(),
+            conversational_context: Some("x".repeat(context_bytes)),
+            custom_greeting: None,
+            test_mode: true,
+            enable_recording: false,
+            meeting_token: None,
+            request_json: "{}".into(),
+            created_at: now,
+            updated_at: now,
+            joined_at: None,
+            ended_at: Some(now),
+            shutdown_reason: None,
+            deleted_at: None,
+            max_call_duration: 3600,
+            participant_left_timeout: 0,
+            participant_absent_timeout: 300,
+            participants_present: 0,
+            participant_joined_at: None,
+            participant_left_at: None,
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        let store = SqliteStore::open(&dir.path().join("parley.db")).await.unwrap();
+        store.ensure_account("a", Timestamp::now()).await.unwrap();
+        store
+    }
+
+    /// Caps the database file at `pages`: SQLite then answers SQLITE_FULL exactly as on a full disk.
+    async fn cap_pages(store: &SqliteStore, pages: i64) {
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&store.writer)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn writes_resume_without_a_restart_after_the_database_was_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let before = conversation(1, 10);
+        store.create_conversation(&before, 10, &[]).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        cap_pages(&store, pages).await;
+
+        let refused = conversation(2, 100_000);
+        store.create_conversation(&refused, 10, &[]).await.unwrap_err();
+
+        // Space comes back. (SQLite rolled the failed transaction back itself; before the fix the
+        // writer kept believing it was inside it and refused every later BEGIN.)
+        cap_pages(&store, i64::from(u32::MAX)).await;
+        let after = conversation(3, 100_000);
+        store.create_conversation(&after, 10, &[]).await.unwrap();
+
+        for (c, kept) in [(&before, true), (&refused, false), (&after, true)] {
+            assert_eq!(
+                store.load_conversation(&c.id).await.unwrap().is_some(),
+                kept,
+                "{}",
+                c.id
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_given_up_on_purpose_keeps_its_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        // A per-connection setting marks the writer: a replaced connection would not have it.
+        cap_pages(&store, 987_654).await;
+
+        let unknown = ConversationId::from_random([9; 8]);
+        let outcome = store
+            .end_conversation(None, &unknown, "test", Timestamp::now(), None)
+            .await
+            .unwrap();
+        assert!(matches!(outcome, EndOutcome::NotFound));
+
+        let mark: i64 = sqlx::query_scalar("PRAGMA max_page_count")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(
+            mark, 987_654,
+            "the writer was kept: its dropped transaction rolled back cleanly"
+        );
     }
 }
