@@ -204,10 +204,19 @@ fn is_unavailable_code(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
+/// SQLSTATE `disk_full` (53100): the server could not extend a file. Not merely unavailable:
+/// it lasts until someone frees space, and `/health` reports it as such.
+fn is_disk_full_code(code: &str) -> bool {
+    code == "53100"
+}
+
 fn map_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict(db.message().to_owned())
+        }
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| is_disk_full_code(&c)) => {
+            StoreError::disk_full()
         }
         sqlx::Error::Database(db) if db.code().is_some_and(|c| is_unavailable_code(&c)) => {
             StoreError::Unavailable(e.to_string())
@@ -1503,7 +1512,16 @@ impl ConversationStore for PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use super::is_unavailable_code;
+    use super::{is_disk_full_code, is_unavailable_code};
+
+    #[test]
+    fn a_full_disk_on_the_server_is_disk_full_and_nothing_else_is() {
+        assert!(is_disk_full_code("53100"));
+        // Out of memory, too many connections, other resources: not a full disk.
+        for code in ["53000", "53200", "53300", "53400", "08006"] {
+            assert!(!is_disk_full_code(code), "{code}");
+        }
+    }
 
     #[test]
     fn connection_failures_and_shutdowns_are_unavailable_and_other_errors_are_not() {

@@ -123,10 +123,22 @@ async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, 
     Ok(clean)
 }
 
+/// SQLite's primary result code for "database or disk is full".
+const SQLITE_FULL: i32 = 13;
+
 fn map_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict(db.message().to_owned())
+        }
+        // sqlx reports the extended code; its low byte is the primary one.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == SQLITE_FULL) =>
+        {
+            StoreError::disk_full()
         }
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             StoreError::Unavailable(e.to_string())
@@ -1452,7 +1464,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_resume_without_a_restart_after_the_database_was_full() {
+    async fn a_full_database_is_storage_unavailable_and_writes_resume_without_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
         let before = conversation(1, 10);
@@ -1464,7 +1476,9 @@ mod tests {
         cap_pages(&store, pages).await;
 
         let refused = conversation(2, 100_000);
-        store.create_conversation(&refused, 10, &[]).await.unwrap_err();
+        let full = store.create_conversation(&refused, 10, &[]).await.unwrap_err();
+        assert!(full.is_disk_full(), "{full:?}");
+        assert_eq!(full.to_string(), "storage unavailable: the disk is full");
 
         // Space comes back. (SQLite rolled the failed transaction back itself; before the fix the
         // writer kept believing it was inside it and refused every later BEGIN.)

@@ -24,6 +24,21 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Why a write failed when the disk (or the database server's disk) has no space left.
+pub const DISK_FULL: &str = "the disk is full";
+
+impl StoreError {
+    /// A write failed for lack of disk space: `storage unavailable: the disk is full`.
+    pub fn disk_full() -> Self {
+        Self::Unavailable(DISK_FULL.to_owned())
+    }
+
+    /// Whether this is [`StoreError::disk_full`].
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Unavailable(why) if why == DISK_FULL)
+    }
+}
+
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -177,6 +192,14 @@ impl JobKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_reads_as_storage_unavailable() {
+        let e = StoreError::disk_full();
+        assert!(e.is_disk_full());
+        assert_eq!(e.to_string(), "storage unavailable: the disk is full");
+        assert!(!StoreError::Unavailable("pool timed out".into()).is_disk_full());
+    }
 
     #[test]
     fn every_job_kind_round_trips_through_its_stored_form() {
