@@ -1408,6 +1408,18 @@ impl ConversationStore for PostgresStore {
         Ok(true)
     }
 
+    async fn probe_write(&self, now: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO write_probe (write_probe_id, probed_at) VALUES (1, $1) \
+             ON CONFLICT (write_probe_id) DO UPDATE SET probed_at = EXCLUDED.probed_at",
+        )
+        .bind(now.as_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn count_rows(&self, table: Table) -> StoreResult<u64> {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", table.name()))
             .fetch_one(&self.pool)

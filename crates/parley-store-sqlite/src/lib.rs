@@ -1330,6 +1330,18 @@ impl ConversationStore for SqliteStore {
         Ok(true)
     }
 
+    async fn probe_write(&self, now: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO write_probe (write_probe_id, probed_at) VALUES (1, ?1) \
+             ON CONFLICT (write_probe_id) DO UPDATE SET probed_at = ?1",
+        )
+        .bind(now.as_micros())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn count_rows(&self, table: Table) -> StoreResult<u64> {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", table.name()))
             .fetch_one(&self.readers)
@@ -1485,6 +1497,8 @@ mod tests {
         cap_pages(&store, i64::from(u32::MAX)).await;
         let after = conversation(3, 100_000);
         store.create_conversation(&after, 10, &[]).await.unwrap();
+        store.probe_write(Timestamp::now()).await.unwrap();
+        store.probe_write(Timestamp::now()).await.unwrap();
 
         for (c, kept) in [(&before, true), (&refused, false), (&after, true)] {
             assert_eq!(
@@ -1494,6 +1508,11 @@ mod tests {
                 c.id
             );
         }
+        let probes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM write_probe")
+            .fetch_one(&store.readers)
+            .await
+            .unwrap();
+        assert_eq!(probes, 1, "the probe rewrites one row");
     }
 
     #[tokio::test]

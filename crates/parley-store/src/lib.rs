@@ -461,6 +461,8 @@ pub trait ConversationStore: Send + Sync + 'static {
     ///
     /// Returns false when it could not complete now and should be retried.
     async fn erase_residue(&self) -> StoreResult<bool>;
+    /// Rewrites one tiny row, to learn whether writes work again after a full disk.
+    async fn probe_write(&self, now: Timestamp) -> StoreResult<()>;
     // --- copying between stores (`parley migrate-store`) ---
 
     /// Rows of a table.
