@@ -18,10 +18,30 @@ use parley_domain::ConversationId;
 pub enum BlobError {
     #[error("blob not found: {0}")]
     NotFound(String),
+    /// A write failed because the filesystem holding the blobs is full.
+    #[error("blob store: the disk is full")]
+    DiskFull,
     #[error("blob store: {0}")]
     Store(#[from] object_store::Error),
     #[error("blob store setup: {0}")]
     Setup(String),
+}
+
+impl BlobError {
+    /// Tells a full filesystem (ENOSPC, from the local store) apart from other store failures.
+    fn from_write(e: object_store::Error) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = cause {
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return Self::DiskFull;
+            }
+            cause = err.source();
+        }
+        Self::Store(e)
+    }
 }
 
 /// The one place object paths are made, so purging a conversation is deleting one prefix.
@@ -32,6 +52,8 @@ pub enum BlobKey {
         conversation: ConversationId,
         asset: String,
     },
+    /// `write-probe`: a few bytes rewritten only after a full disk, to learn when writes work again.
+    WriteProbe,
 }
 
 impl BlobKey {
@@ -39,6 +61,7 @@ impl BlobKey {
     pub fn path(&self) -> String {
         match self {
             Self::Asset { conversation, asset } => format!("conversations/{conversation}/assets/{asset}"),
+            Self::WriteProbe => "write-probe".to_owned(),
         }
     }
 
@@ -133,8 +156,14 @@ impl Blobs {
     pub async fn put(&self, key: &BlobKey, bytes: Bytes) -> Result<(), BlobError> {
         self.store
             .put(&ObjectPath::from(key.path()), bytes.into())
-            .await?;
+            .await
+            .map_err(BlobError::from_write)?;
         Ok(())
+    }
+
+    /// Rewrites the few bytes of [`BlobKey::WriteProbe`], to learn whether writes work again.
+    pub async fn probe_write(&self) -> Result<(), BlobError> {
+        self.put(&BlobKey::WriteProbe, Bytes::from_static(b"ok")).await
     }
 
     /// Reads a blob whole.
@@ -180,7 +209,10 @@ impl Blobs {
 
     /// Writes a blob under a key as listed by [`Blobs::list_prefix`] (for copies between stores).
     pub async fn put_key(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
-        self.store.put(&ObjectPath::from(key), bytes.into()).await?;
+        self.store
+            .put(&ObjectPath::from(key), bytes.into())
+            .await
+            .map_err(BlobError::from_write)?;
         Ok(())
     }
 
@@ -199,6 +231,21 @@ impl Blobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_that_ran_out_of_space_is_disk_full_and_other_failures_are_not() {
+        // What the local store returns when `write_all` hits ENOSPC.
+        let enospc = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from_raw_os_error(28)), // ENOSPC
+        };
+        assert!(matches!(BlobError::from_write(enospc), BlobError::DiskFull));
+        let denied = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        };
+        assert!(matches!(BlobError::from_write(denied), BlobError::Store(_)));
+    }
 
     #[tokio::test]
     async fn deleting_a_conversation_removes_only_its_blobs() {
