@@ -28,9 +28,16 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("Service temporarily unavailable: {0}")]
     Unavailable(String),
+    /// A write failed, or would be refused, for lack of disk space.
+    #[error("storage unavailable: {}", parley_store::DISK_FULL)]
+    DiskFull,
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
 }
+
+/// Marks a response that ran into a full disk, so the server remembers it (see `http::router`).
+#[derive(Debug, Clone, Copy)]
+pub struct DiskFull;
 
 impl ApiError {
     /// The status code for this error.
@@ -43,7 +50,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DiskFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -53,6 +60,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::ConcurrencyLimit => Self::ConcurrencyLimit,
+            e if e.is_disk_full() => Self::DiskFull,
             StoreError::Unavailable(why) => Self::Unavailable(why),
             other => Self::Internal(other.into()),
         }
@@ -67,6 +75,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::ConcurrencyLimit => Self::ConcurrencyLimit,
             ServiceError::NotFound(what) => Self::NotFound(what.to_owned()),
             ServiceError::Store(s) => s.into(),
+            ServiceError::Blob(BlobError::DiskFull) => Self::DiskFull,
             // The object store failing (down, throttling, unreachable) is worth a retry, not a 500.
             ServiceError::Blob(BlobError::Store(e)) => Self::Unavailable(format!("blob store: {e}")),
             ServiceError::Blob(b) => Self::Internal(b.into()),
@@ -88,14 +97,57 @@ impl IntoResponse for ApiError {
                 tracing::warn!(reason = %why, "storage unavailable");
                 json!({ "error": "Service temporarily unavailable, please retry" })
             }
+            // `Disk` logs when the disk fills and when room is back, not every refused request.
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::DiskFull) {
+            response.extensions_mut().insert(DiskFull);
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_a_503_that_says_so_and_is_marked_for_the_server() {
+        for error in [
+            ApiError::from(StoreError::disk_full()),
+            ApiError::from(ServiceError::Store(StoreError::disk_full())),
+            ApiError::from(ServiceError::Blob(BlobError::DiskFull)),
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+            assert!(response.extensions().get::<DiskFull>().is_some());
+            assert_eq!(
+                body_of(response).await,
+                json!({ "error": "storage unavailable: the disk is full" })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn other_storage_trouble_keeps_its_generic_503() {
+        let response = ApiError::from(StoreError::Unavailable("pool timed out".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.extensions().get::<DiskFull>().is_none());
+        assert_eq!(
+            body_of(response).await,
+            json!({ "error": "Service temporarily unavailable, please retry" })
+        );
     }
 }
