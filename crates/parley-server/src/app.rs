@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Database, ServeConfig, StoreConfig};
+use crate::disk::Disk;
 use crate::state::{AppState, Settings};
 use crate::webhook::{self, WebhookSettings};
 use crate::{http, jobs, keys};
@@ -103,15 +104,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         config.job_lease,
         config.webhook_timeout
     );
-    let lock = match config.store.database()? {
-        Database::Sqlite(path) => Some(lock_database(&path)?),
-        // A shared database has many servers; their leases expire on their own.
-        Database::Postgres(_) => None,
+    let (lock, disk) = match config.store.database()? {
+        Database::Sqlite(path) => {
+            let lock = lock_database(&path)?;
+            // Beside the database, so it frees space where SQLite needs it.
+            let disk = Disk::with_reserve(path.with_extension("reserve"), config.disk_reserve_bytes).await?;
+            (Some(lock), disk)
+        }
+        // A shared database has many servers; their leases expire on their own. Its disk is the
+        // database server's, where a file of ours would hold nothing back.
+        Database::Postgres(_) => (None, Disk::without_reserve()),
     };
-    let store = open_store(&config.store).await?;
+    let store = with_room(&disk, || open_store(&config.store)).await?;
     if lock.is_some() {
         // We hold the database's lock, so any lease in the job table belongs to a dead process.
-        let released = store.release_all_leases().await?;
+        let released = with_room(&disk, || async { Ok(store.release_all_leases().await?) }).await?;
         if released > 0 {
             tracing::info!(job.count = released, "resuming jobs left by a stopped process");
         }
@@ -157,7 +164,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         },
         unjoinable_replicas: config.unjoinable_replicas.clone(),
     };
-    let state = AppState::new(store, blobs, settings);
+    let state = AppState::new(store, blobs, settings, disk);
     let (stop, stopped) = watch::channel(false);
     let mut workers = Vec::new();
     if config.run_jobs {
@@ -183,6 +190,25 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         workers,
         _lock: lock,
     })
+}
+
+/// Runs a startup step that writes; if it fails for lack of space, gives up the reserve and runs
+/// it once more.
+///
+/// After a crash, opening SQLite checkpoints what the WAL still holds, which may need room on a
+/// disk that filled up meanwhile. The server then starts with the disk marked full.
+async fn with_room<T, F, Fut>(disk: &Disk, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    match step().await {
+        Err(e) if crate::disk::is_disk_full(e.as_ref()) => {
+            disk.mark_full();
+            step().await
+        }
+        done => done,
+    }
 }
 
 /// Takes an exclusive lock beside an embedded database, released when the process exits.

@@ -297,6 +297,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_UNJOINABLE_REPLICAS", value_delimiter = ',')]
     pub unjoinable_replicas: Vec<String>,
 
+    /// Bytes kept in reserve beside an embedded database, given up when the disk fills so deletes
+    /// and ends still work; 0 turns the reserve off.
+    #[arg(long, env = "PARLEY_DISK_RESERVE_BYTES", default_value_t = 64 << 20)]
+    pub disk_reserve_bytes: u64,
+
     /// Log format: `text` for people, `json` (one object per line) for log collectors.
     #[arg(long, env = "PARLEY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -336,6 +341,8 @@ impl ServeConfig {
             webhook_max_in_flight: 32,
             webhook_deny_private: false,
             unjoinable_replicas: Vec::new(),
+            // Small, so every test server keeps one without writing much.
+            disk_reserve_bytes: 1 << 20,
             log_format: "text".into(),
             log: "warn".into(),
         }

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), remember_full_disk))
         .layer(from_fn(request::run_to_completion))
         // One line per request, when its response is ready: method, path, status, latency.
         .layer(
@@ -71,12 +72,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /health`: 200 while the database answers, 503 (with `Retry-After`) while it does not.
+/// `GET /health`: 200 while the database answers and writes work, 503 (with `Retry-After`) otherwise.
+///
+/// Writes are known to work unless one failed for lack of space; only then does this write (a
+/// tiny probe, at most once a second) to learn whether they work again. See `disk`.
 async fn health(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state
+        .disk
+        .check_writable(state.store.as_ref(), &state.blobs)
+        .await?;
     state.store.has_accounts().await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
+}
+
+/// Remembers a full disk that any request ran into, so creates and `/health` know of it at once.
+async fn remember_full_disk(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    if response.extensions().get::<error::DiskFull>().is_some() {
+        state.disk.mark_full();
+    }
+    response
 }
 
 async fn invalid_id() -> ApiError {

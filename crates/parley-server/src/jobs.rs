@@ -17,6 +17,9 @@ use crate::state::AppState;
 const BATCH: u32 = 16;
 /// The recording's asset name.
 pub const RECORDING: &str = "recording.wav";
+/// Longest wait between attempts of a job that failed for lack of space, so it resumes soon
+/// after room is back rather than after a long backoff.
+const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs due jobs until `shutdown` turns true; a job in progress finishes first.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
@@ -32,7 +35,10 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+            Err(e) => {
+                state.disk.notice(&e);
+                tracing::warn!(error = %e, "claiming jobs failed");
+            }
         }
         tokio::select! {
             () = state.wake_jobs.notified() => {}
@@ -68,6 +74,7 @@ pub async fn run_claimed(state: &AppState, job: Job) {
             // A job may have written events; their deliveries can go now.
             state.wake_deliveries.notify_one();
             if let Err(e) = state.store.complete_job(&job).await {
+                state.disk.notice(&e);
                 tracing::warn!(job.id = job.id, error = %e, "completing job failed; it will run again");
             }
             tracing::debug!(
@@ -79,7 +86,11 @@ pub async fn run_claimed(state: &AppState, job: Job) {
             );
         }
         Err(e) => {
-            let retry_at = Timestamp::now().plus_millis(backoff(job.attempts).as_millis() as i64);
+            let mut wait = backoff(job.attempts);
+            if state.disk.notice(e.as_ref()) {
+                wait = wait.min(DISK_FULL_RETRY);
+            }
+            let retry_at = Timestamp::now().plus_millis(wait.as_millis() as i64);
             tracing::warn!(
                 job.id = job.id,
                 job.kind = job.kind.as_str(),
@@ -89,6 +100,7 @@ pub async fn run_claimed(state: &AppState, job: Job) {
                 "job failed; will retry"
             );
             if let Err(e) = state.store.fail_job(&job, &format!("{e:#}"), retry_at).await {
+                state.disk.notice(&e);
                 tracing::warn!(job.id = job.id, error = %e, "recording job failure failed; the lease will expire");
             }
         }
@@ -198,6 +210,12 @@ async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
         state.blobs.delete_conversation(id).await?;
         return Ok(());
     };
+    // The transcript and recording can be large: on a full disk they wait for room, and the job
+    // is retried (see `disk`).
+    state
+        .disk
+        .check_writable(state.store.as_ref(), &state.blobs)
+        .await?;
     let now = Timestamp::now();
     let mut recording = None;
     if c.enable_recording && !c.test_mode {

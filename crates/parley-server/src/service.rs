@@ -110,6 +110,12 @@ pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8
             ));
         }
     }
+    // A create is the write that grows the store most; on a full disk it waits for room, so what
+    // room there is goes to ends and deletes (see `disk`).
+    state
+        .disk
+        .check_writable(state.store.as_ref(), &state.blobs)
+        .await?;
     let cap = state.settings.max_concurrent_for(account);
     let mut attempts = 0;
     loop {

@@ -9,6 +9,7 @@ use parley_domain::Limits;
 use parley_store::{Account, ConversationStore};
 use tokio::sync::Notify;
 
+use crate::disk::Disk;
 use crate::webhook::WebhookSettings;
 
 /// Settings that shape behaviour, resolved once at startup.
@@ -59,6 +60,8 @@ pub struct Inner {
     pub store: Arc<dyn ConversationStore>,
     pub blobs: Blobs,
     pub settings: Settings,
+    /// Whether writes fail for lack of space, and the reserve that lets the small ones go on.
+    pub disk: Disk,
     /// Wakes the job runner when work is due now.
     pub wake_jobs: Notify,
     /// Wakes the webhook runner when a delivery may be due now.
@@ -67,11 +70,12 @@ pub struct Inner {
 
 impl AppState {
     /// Bundles the parts.
-    pub fn new(store: Arc<dyn ConversationStore>, blobs: Blobs, settings: Settings) -> Self {
+    pub fn new(store: Arc<dyn ConversationStore>, blobs: Blobs, settings: Settings, disk: Disk) -> Self {
         Self(Arc::new(Inner {
             store,
             blobs,
             settings,
+            disk,
             wake_jobs: Notify::new(),
             wake_deliveries: Notify::new(),
         }))

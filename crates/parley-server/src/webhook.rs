@@ -71,7 +71,10 @@ pub async fn run(state: AppState, client: reqwest::Client, mut shutdown: watch::
                     continue;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
+                Err(e) => {
+                    state.disk.notice(&e);
+                    tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                }
             }
         }
         tokio::select! {
@@ -131,6 +134,7 @@ async fn attempt(state: &AppState, client: &reqwest::Client, delivery: Delivery)
         }
     };
     if let Err(e) = recorded {
+        state.disk.notice(&e);
         tracing::warn!(delivery.id = %delivery.id, error = %e, "recording a delivery attempt failed; the lease will expire");
     }
     // The next event of this conversation may be due now.

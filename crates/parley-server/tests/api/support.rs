@@ -583,6 +583,9 @@ impl Proc {
             .args(backing.serve_args())
             .args(extra)
             .env("PARLEY_LOG", "warn")
+            // The default 64 MiB, written by every server a test starts, would only cost time; a
+            // flag in `extra` still overrides it.
+            .env("PARLEY_DISK_RESERVE_BYTES", "1048576")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
