@@ -7,6 +7,8 @@ mod auth;
 mod bad_input;
 mod crash;
 mod delete;
+#[cfg(feature = "e2e")]
+mod disk;
 mod erasure;
 mod lifecycle;
 mod list;

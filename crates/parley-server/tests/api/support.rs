@@ -82,6 +82,21 @@ impl Backing {
         }
     }
 
+    /// Embedded state in a fresh directory under `parent` (a small filesystem of the test's own).
+    #[cfg_attr(
+        not(feature = "e2e"),
+        expect(dead_code, reason = "only the e2e tests choose the filesystem")
+    )]
+    pub fn sqlite_in(parent: &Path) -> Self {
+        let dir = Arc::new(tempfile::tempdir_in(parent).expect("temp dir"));
+        Self {
+            dir,
+            database_url: None,
+            blob_url: None,
+            s3_endpoint: None,
+        }
+    }
+
     /// The flags that name this state to `parley migrate-store` on one side (`from` or `to`).
     pub fn migrate_args(&self, side: &str) -> Vec<String> {
         let db = match &self.database_url {
