@@ -92,9 +92,10 @@ async fn try_create(app: &TestApp, body: &Value) -> (StatusCode, Option<String>,
 }
 
 /// A create that takes about half a megabyte on disk (the context is stored twice: as a column
-/// and inside the stored request).
+/// and inside the stored request). Random, so PostgreSQL cannot compress it away.
 fn filler() -> Value {
-    json!({ "test_mode": true, "conversational_context": "x".repeat(256 << 10) })
+    let context = hex::encode((0..128 << 10).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+    json!({ "test_mode": true, "conversational_context": context })
 }
 
 /// Waits until a webhook of this type for this conversation has been delivered.
@@ -127,7 +128,8 @@ async fn assert_all_there(
     let db = app.db().await;
     let rows = db
         .rows(
-            "SELECT conversation_id, deleted_at IS NOT NULL FROM conversation",
+            "SELECT conversation_id, CAST(CASE WHEN deleted_at IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM conversation",
             &[],
         )
         .await;
@@ -345,4 +347,123 @@ async fn a_server_restarted_after_a_crash_on_a_full_disk_starts_on_its_reserve()
     })
     .await;
     create_on(&client, &second.base, &key, json!({ "test_mode": true })).await;
+}
+
+/// A PostgreSQL cluster of the test's own (`scripts/postgres.sh`), stopped however the test ends.
+struct Cluster {
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts it on `port`; returns it and the URL of its `parley` database.
+    fn start(port: u16) -> (Self, String) {
+        let cluster = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = Command::new(Self::script())
+            .arg("start")
+            .arg(cluster.dir.path())
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        (cluster, url)
+    }
+
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_full_disk_is_a_503_and_writes_come_back_by_themselves() {
+    if std::env::var("PARLEY_TEST_BACKEND").as_deref() != Ok("postgres") {
+        // Needs the PostgreSQL binaries that the shared-store run sets up.
+        return;
+    }
+    let disk = Tmpfs::mount(24 << 20);
+    let owner = Command::new("chown")
+        .arg("postgres")
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(owner.success());
+    // Declared after the disk, so it stops before the disk is unmounted.
+    let (_cluster, url) = Cluster::start(Receiver::reserve_port().await);
+    // Only parley's database is on the small disk. PostgreSQL's WAL stays on the big one: a WAL
+    // it cannot write stops the whole server, which is not what this test is about.
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let location = disk.path().display();
+    for sql in [
+        format!("CREATE TABLESPACE small LOCATION '{location}'"),
+        "CREATE DATABASE full_disk TABLESPACE small".to_owned(),
+    ] {
+        sqlx::raw_sql(&sql).execute(&admin).await.unwrap();
+    }
+    admin.close().await;
+    let mut db_url = url::Url::parse(&url).unwrap();
+    db_url.set_path("/full_disk");
+    let app = TestApp::spawn_on(Backing::postgres_with_local_blobs(db_url.to_string()), |_| {}).await;
+    let tenant = other_tenant(disk.path(), 4 << 20);
+    let call = app.create(json!({})).await;
+    let mut live: BTreeSet<String> = [call.clone()].into();
+
+    let (status, retry_after, body) = loop {
+        let (status, retry_after, body) = try_create(&app, &filler()).await;
+        if status != StatusCode::OK {
+            break (status, retry_after, body);
+        }
+        live.insert(body["conversation_id"].as_str().unwrap().to_owned());
+        assert!(
+            live.len() < 100,
+            "24 MiB fills up within 100 half-megabyte creates"
+        );
+    };
+    assert_disk_full(status, &body, "the create that found the disk full");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    // Without a reserve, other writes may or may not find room; they never fail with a 500.
+    let (status, body) = app
+        .call(Method::POST, &format!("/v2/conversations/{call}/end"))
+        .await;
+    assert!(
+        status == StatusCode::OK || body == json!({ "error": "storage unavailable: the disk is full" }),
+        "an end on a full disk: {status} {body}"
+    );
+    let victim = live.iter().find(|id| **id != call).unwrap().clone();
+    let (status, body) = app
+        .call(Method::DELETE, &format!("/v2/conversations/{victim}?hard=true"))
+        .await;
+    let mut erased = Vec::new();
+    if status == StatusCode::NO_CONTENT {
+        live.remove(&victim);
+        erased.push(victim);
+    } else {
+        assert_disk_full(status, &body, "a hard delete that found no room");
+    }
+
+    std::fs::remove_file(&tenant).unwrap();
+    eventually("/health is 200 again", || async {
+        app.call(Method::GET, "/health").await.0 == StatusCode::OK
+    })
+    .await;
+    let (status, _, body) = try_create(&app, &filler()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    live.insert(body["conversation_id"].as_str().unwrap().to_owned());
+    let (status, _) = app
+        .call(Method::POST, &format!("/v2/conversations/{call}/end"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.wait_for_jobs().await;
+    assert_all_there(&app, &live, &BTreeSet::new(), &erased).await;
+    app.stop().await;
 }

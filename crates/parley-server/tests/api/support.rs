@@ -97,6 +97,20 @@ impl Backing {
         }
     }
 
+    /// A given PostgreSQL database, with blobs in a local folder.
+    #[cfg_attr(
+        not(feature = "e2e"),
+        expect(dead_code, reason = "only the e2e tests bring a database")
+    )]
+    pub fn postgres_with_local_blobs(database_url: String) -> Self {
+        Self {
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            database_url: Some(database_url),
+            blob_url: None,
+            s3_endpoint: None,
+        }
+    }
+
     /// The flags that name this state to `parley migrate-store` on one side (`from` or `to`).
     pub fn migrate_args(&self, side: &str) -> Vec<String> {
         let db = match &self.database_url {
