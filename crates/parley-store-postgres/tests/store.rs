@@ -230,18 +230,18 @@ async fn delivery_runners_in_two_processes_never_overlap_on_a_conversation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_probe_rewrites_one_row() {
-    let Some(db) = TestDb::create("the_write_probe_rewrites_one_row").await else {
-        return;
-    };
+    let db = TestDb::create().await;
     let store = db.store().await;
     store.probe_write(at(0)).await.expect("first probe");
     store.probe_write(at(1)).await.expect("second probe");
-    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT write_probe_id, probed_at FROM write_probe")
-        .fetch_all(&db.rows)
+    let rows = sqlx::PgPool::connect(&db.url).await.expect("connecting");
+    let probes: Vec<(i64, i64)> = sqlx::query_as("SELECT write_probe_id, probed_at FROM write_probe")
+        .fetch_all(&rows)
         .await
         .expect("probe rows");
-    assert_eq!(rows, [(1, at(1).as_micros())]);
-    db.finish(&[&store]).await;
+    assert_eq!(probes, [(1, at(1).as_micros())]);
+    rows.close().await;
+    db.drop_database(&[&store]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

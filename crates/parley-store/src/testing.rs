@@ -58,6 +58,7 @@ macro_rules! store_contract {
             delete::a_retention_purge_erases_only_the_soft_delete_it_was_scheduled_for,
             delete::of_fifty_concurrent_hard_deletes_exactly_one_deletes,
             delete::erasing_residue_completes_after_a_purge,
+            delete::a_write_probe_writes_nothing_that_is_copied_or_served,
             job::due_jobs_are_claimed_in_run_order_under_a_lease,
             job::an_expired_lease_is_claimed_again_and_the_stale_claim_can_no_longer_finish_the_job,
             job::a_failed_job_runs_again_at_its_retry_time_with_its_error_recorded,

@@ -498,3 +498,25 @@ pub async fn erasing_residue_completes_after_a_purge<T: TestStore>(fresh: impl A
     }
     finish(t, &[(JobKind::Finalize, &c.id), (JobKind::Purge, &c.id)]).await;
 }
+
+/// The write probe that tells a full disk is over writes, but nothing a client or a copy sees.
+pub async fn a_write_probe_writes_nothing_that_is_copied_or_served<T: TestStore>(fresh: impl AsyncFn() -> T) {
+    let t = fresh().await;
+    let store = t.store();
+    let c = ended_call(&*store, "acme", T0).await;
+    let mut before = Vec::new();
+    for table in Table::ALL {
+        before.push(store.count_rows(table).await.expect("counting"));
+    }
+    store.probe_write(at(1)).await.expect("first probe");
+    store.probe_write(at(2)).await.expect("second probe");
+    for (table, n) in Table::ALL.into_iter().zip(before) {
+        assert_eq!(
+            store.count_rows(table).await.expect("counting"),
+            n,
+            "{}",
+            table.name()
+        );
+    }
+    finish(t, &[(JobKind::Finalize, &c.id)]).await;
+}
