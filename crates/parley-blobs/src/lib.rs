@@ -147,11 +147,6 @@ impl Blobs {
         Ok(Self { store })
     }
 
-    /// Wraps any object store.
-    pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
-    }
-
     /// Writes a blob whole.
     pub async fn put(&self, key: &BlobKey, bytes: Bytes) -> Result<(), BlobError> {
         self.store

@@ -1,7 +1,6 @@
 //! `ConversationStore` on one SQLite file: WAL, `secure_delete`, one writer and a pool of readers.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -62,13 +61,6 @@ impl SqliteStore {
             // Deleted content is overwritten with zeros, so a hard delete leaves no bytes behind.
             .pragma("secure_delete", "ON");
         Self::open_with(options).await
-    }
-
-    /// Opens from a `sqlite://` URL.
-    pub async fn open_url(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url).map_err(backend)?;
-        let path = options.get_filename().to_owned();
-        Self::open(&path).await
     }
 
     async fn open_with(options: SqliteConnectOptions) -> StoreResult<Self> {
