@@ -11,12 +11,18 @@ use parley_domain::{ConversationId, Event, ShutdownReason, Status, Timestamp};
 use parley_store::{Asset, DeleteScope, EndOutcome, HardDeleteOutcome, Job, JobKind};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::state::AppState;
 
 /// Jobs claimed per round.
 const BATCH: u32 = 16;
 /// The recording's asset name.
 pub const RECORDING: &str = "recording.wav";
+/// Retry delays of a failed job: 1 s, doubling to 5 min.
+const JOB_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+};
 /// Longest wait between attempts of a job that failed for lack of space, so it resumes soon
 /// after room is back rather than after a long backoff.
 const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
@@ -86,7 +92,7 @@ pub async fn run_claimed(state: &AppState, job: Job) {
             );
         }
         Err(e) => {
-            let mut wait = backoff(job.attempts);
+            let mut wait = JOB_BACKOFF.delay(job.attempts);
             if state.disk.notice(e.as_ref()) {
                 wait = wait.min(DISK_FULL_RETRY);
             }
@@ -105,11 +111,6 @@ pub async fn run_claimed(state: &AppState, job: Job) {
             }
         }
     }
-}
-
-/// 1 s, 2 s, 4 s … up to 5 minutes between attempts.
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
 
 async fn execute(state: &AppState, job: &Job) -> anyhow::Result<()> {
@@ -258,17 +259,4 @@ async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
         state.blobs.delete_conversation(id).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(50), Duration::from_secs(256));
-    }
 }

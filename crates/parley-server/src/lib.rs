@@ -3,6 +3,7 @@
 //! The binary is `parley` (see `main.rs`); this library lets tests start a server in-process.
 
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod disk;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use parley_domain::Timestamp;
 use parley_store::Delivery;
-use rand::Rng;
 use sha2::Sha256;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::backoff::Backoff;
 use crate::state::AppState;
 
 /// Longest wait between two attempts.
@@ -117,7 +117,11 @@ async fn attempt(state: &AppState, client: &reqwest::Client, delivery: Delivery)
                 );
                 state.store.delivery_failed(&delivery, &error, None, now).await
             } else {
-                let wait = backoff(settings.retry_base, delivery.attempts);
+                let wait = Backoff {
+                    base: settings.retry_base,
+                    max: MAX_BACKOFF,
+                }
+                .jittered(delivery.attempts);
                 tracing::info!(
                     delivery.id = %delivery.id,
                     attempts = delivery.attempts,
@@ -139,14 +143,6 @@ async fn attempt(state: &AppState, client: &reqwest::Client, delivery: Delivery)
     }
     // The next event of this conversation may be due now.
     state.wake_deliveries.notify_one();
-}
-
-/// `retry_base · 2^(attempts-1)`, capped at an hour, times a jitter in [0.5, 1.5).
-fn backoff(base: Duration, attempts: u32) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-        .min(MAX_BACKOFF);
-    exp.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
 async fn post(client: &reqwest::Client, settings: &WebhookSettings, d: &Delivery) -> Result<(), String> {
@@ -258,18 +254,6 @@ mod tests {
         );
         assert_ne!(sig, sign("key", 2, "{}"));
         assert_ne!(sig, sign("other", 1, "{}"));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_secs(1);
-        for _ in 0..20 {
-            let first = backoff(base, 1);
-            assert!(first >= Duration::from_millis(500) && first < Duration::from_millis(1500));
-            let fourth = backoff(base, 4);
-            assert!(fourth >= Duration::from_secs(4) && fourth < Duration::from_secs(12));
-            assert!(backoff(base, 40) < MAX_BACKOFF.mul_f64(1.5));
-        }
     }
 
     #[test]
