@@ -13,6 +13,7 @@ use parley_domain::{Conversation, ConversationId, Status, Timestamp, registry};
 use parley_store::ParticipantOutcome;
 use rand::RngCore;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::http::error::ApiError;
 use crate::http::query::Query;
@@ -55,7 +56,8 @@ async fn open_room(
     };
     if let Some(token) = &conversation.meeting_token {
         let given = Query::parse(raw).get("t").unwrap_or_default().to_owned();
-        if given != *token {
+        // Constant time: how long a wrong guess takes must not say how much of it was right.
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             let body = json!({ "status": "forbidden", "error": "This is a private room: open it with its meeting token (?t=…)." });
             return Err((StatusCode::FORBIDDEN, Json(body)).into_response());
         }
