@@ -1,15 +1,14 @@
 //! The simulated replica: what a call produces when it ends (transcript, perception, recording).
 
-use std::io::Cursor;
-
 use serde_json::{Value, json};
 
 use crate::event::{Event, EventType};
 use crate::registry::{self, Persona};
 use crate::{Conversation, Timestamp};
 
-/// Audio settings of simulated recordings: small files that any player opens.
-const SAMPLE_RATE: u32 = 8_000;
+mod recording;
+
+pub use recording::recording_wav;
 
 /// Where a stored recording can be fetched, for the `recording_ready` event.
 #[derive(Debug, Clone)]
@@ -70,33 +69,6 @@ pub fn perception_analysis(conversation: &Conversation) -> Option<String> {
     ))
 }
 
-/// A mono 16-bit WAV of `duration_secs` (at least one second): a soft tone pulsing like speech.
-pub fn recording_wav(duration_secs: u32) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let samples = SAMPLE_RATE * duration_secs.max(1);
-    let mut out = Cursor::new(Vec::with_capacity(44 + 2 * samples as usize));
-    {
-        let mut writer =
-            hound::WavWriter::new(&mut out, spec).expect("writing a WAV header to memory cannot fail");
-        for n in 0..samples {
-            let t = n as f32 / SAMPLE_RATE as f32;
-            // A 220 Hz tone gated at ~3 Hz sounds like syllables without being unpleasant.
-            let gate = if (t * 3.0).fract() < 0.6 { 1.0 } else { 0.0 };
-            let s = (t * 220.0 * std::f32::consts::TAU).sin() * 3_000.0 * gate;
-            writer
-                .write_sample(s as i16)
-                .expect("writing to memory cannot fail");
-        }
-        writer.finalize().expect("writing to memory cannot fail");
-    }
-    out.into_inner()
-}
-
 /// The events that follow the end of a call, oldest first (the shutdown itself is not among them).
 pub fn after_end_events(
     conversation: &Conversation,
@@ -138,7 +110,7 @@ mod tests {
     use super::*;
     use crate::{ConversationId, Status};
 
-    fn conversation(persona_id: &str) -> Conversation {
+    pub(super) fn conversation(persona_id: &str) -> Conversation {
         Conversation {
             id: ConversationId::parse("c123456").unwrap(),
             account: "default".into(),
@@ -181,13 +153,6 @@ mod tests {
         assert!(perception_analysis(&conversation("pdced222244b")).is_none());
         let a = perception_analysis(&conversation("pdac61133ac5")).unwrap();
         assert!(a.contains("12 seconds"));
-    }
-
-    #[test]
-    fn recordings_are_valid_wavs_of_the_call_length() {
-        let wav = recording_wav(3);
-        let reader = hound::WavReader::new(Cursor::new(wav)).unwrap();
-        assert_eq!(reader.duration(), 3 * SAMPLE_RATE);
     }
 
     #[test]

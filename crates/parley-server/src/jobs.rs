@@ -224,7 +224,9 @@ async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
             .duration_secs()
             .clamp(1, u64::from(state.settings.max_recording_secs.max(1)));
         let secs = u32::try_from(secs).unwrap_or(u32::MAX);
-        let wav = Bytes::from(replica::recording_wav(secs));
+        // A fresh seed: no two recordings share a run of audio bytes, so one conversation's
+        // recording can be shown gone while another's remains (a retry just writes a new one).
+        let wav = Bytes::from(replica::recording_wav(&c, secs, rand::random()));
         let key = BlobKey::Asset {
             conversation: id.clone(),
             asset: RECORDING.into(),
