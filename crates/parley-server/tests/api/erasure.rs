@@ -1,10 +1,17 @@
 //! A hard delete leaves no byte of the conversation's content: in any file of an embedded store,
 //! in any row and object of a shared one.
 
-use reqwest::{Method, StatusCode};
-use serde_json::json;
+use std::collections::HashSet;
 
-use crate::support::{TestApp, files_containing};
+use parley_blobs::BlobKey;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::support::{Backing, TestApp, files_containing};
+
+/// The shortest shared run that counts: 32 samples of 16-bit audio.
+const RUN: usize = 64;
 
 #[tokio::test]
 async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
@@ -109,4 +116,105 @@ async fn erasure_holds_when_pages_split_and_merge_around_the_deleted_rows() {
             assert!(found, "{marker} of a kept conversation is missing");
         }
     }
+}
+
+#[tokio::test]
+async fn identical_calls_get_recordings_that_share_no_audio_and_erasing_one_spares_the_other() {
+    let app = TestApp::spawn().await;
+    let body = json!({ "conversation_name": "twins", "properties": { "enable_recording": true } });
+    let erased = app.ended(body.clone()).await;
+    let kept = app.ended(body).await;
+    assert_eq!(transcript(&app, &erased).await, transcript(&app, &kept).await);
+    let (gone, stays) = (recording(&app, &erased).await, recording(&app, &kept).await);
+    let audio = wav_data(&gone);
+    // Whole seconds of 8 kHz 16-bit audio: one each, unless the machine stalled for a second.
+    assert!(
+        !audio.is_empty() && audio.len().is_multiple_of(16_000),
+        "{} bytes",
+        audio.len()
+    );
+
+    assert_ne!(Sha256::digest(&gone), Sha256::digest(&stays));
+    assert!(
+        !holds_a_run_of(&stays, audio),
+        "the twin holds part of the other's audio"
+    );
+    // The audio is in the blob store before: the check after the delete can fail.
+    let recording_key = |id: &str| format!("conversations/{id}/assets/recording.wav");
+    assert_eq!(blobs_holding(&app.backing, audio).await, [recording_key(&erased)]);
+
+    let (status, _) = app
+        .call(Method::DELETE, &format!("/v2/conversations/{erased}?hard=true"))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.wait_for_jobs().await;
+
+    assert_eq!(blobs_holding(&app.backing, audio).await, Vec::<String>::new());
+    if app.backing.is_sqlite() {
+        // Nor in any other file: the database, its WAL, the blob folder.
+        for at in [0, audio.len() / 2, audio.len() - RUN] {
+            let left = files_containing(app.data_dir(), &audio[at..at + RUN]);
+            assert!(left.is_empty(), "audio at {at} survives in {left:?}");
+        }
+    }
+    // The twin's recording is untouched.
+    assert!(app.backing.has_recording(&kept).await);
+    assert_eq!(recording(&app, &kept).await, stays);
+}
+
+/// The transcript of an ended conversation, from its verbose events.
+async fn transcript(app: &TestApp, id: &str) -> Value {
+    let (_, verbose) = app
+        .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
+        .await;
+    let events = verbose["events"].as_array().expect("verbose events");
+    events
+        .iter()
+        .find(|e| e["event_type"] == "application.transcription_ready")
+        .expect("a transcript event")["properties"]["transcript"]
+        .clone()
+}
+
+/// A conversation's recording, downloaded.
+async fn recording(app: &TestApp, id: &str) -> Vec<u8> {
+    let res = app
+        .req(Method::GET, &format!("/v2/conversations/{id}/recording"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.bytes().await.unwrap().to_vec()
+}
+
+/// The audio of a WAV: its `data` chunk.
+fn wav_data(wav: &[u8]) -> &[u8] {
+    assert_eq!((&wav[..4], &wav[8..12]), (&b"RIFF"[..], &b"WAVE"[..]));
+    let mut at = 12;
+    loop {
+        let size = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+        if &wav[at..at + 4] == b"data" {
+            return &wav[at + 8..at + 8 + size];
+        }
+        // Chunks are padded to an even length.
+        at += 8 + size + size % 2;
+    }
+}
+
+/// Whether `haystack` holds any run of `RUN` bytes of `audio`, at any offset.
+fn holds_a_run_of(haystack: &[u8], audio: &[u8]) -> bool {
+    let runs: HashSet<&[u8]> = audio.windows(RUN).collect();
+    haystack.windows(RUN).any(|w| runs.contains(w))
+}
+
+/// Keys of the blobs, of any conversation, that hold a run of `audio`.
+async fn blobs_holding(backing: &Backing, audio: &[u8]) -> Vec<String> {
+    let blobs = backing.blobs();
+    let mut found = Vec::new();
+    for (key, _) in blobs.list_prefix(BlobKey::ROOT).await.unwrap() {
+        let bytes = blobs.get(&key).await.unwrap();
+        if holds_a_run_of(&bytes, audio) {
+            found.push(key);
+        }
+    }
+    found
 }
