@@ -68,7 +68,7 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
 
     let total = counts.iter().sum::<u64>() + blobs.len() as u64;
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{msg:>16} [{bar:40}] {pos}/{len} {per_sec} ({eta} left)")
+        ProgressStyle::with_template("{msg:>16} [{bar:40}] {human_pos}/{human_len} ({eta} left)")
             .expect("a valid template")
             .progress_chars("=> "),
     );
