@@ -52,7 +52,9 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
     }
     let resuming = check_destination(src.as_ref(), dst.as_ref(), &counts, c.batch_size).await?;
     if resuming {
-        eprintln!("the destination holds part of an earlier copy from this source: finishing it");
+        eprintln!(
+            "the destination already holds an earlier copy (or part of one) from this source: completing and verifying it"
+        );
     }
     let blobs = src_blobs
         .list_prefix(BlobKey::ROOT)
