@@ -24,7 +24,7 @@ impl ConversationId {
 
     /// Makes a fresh id from 8 random bytes (the caller supplies them from a CSPRNG).
     pub fn from_random(bytes: [u8; 8]) -> Self {
-        Self(format!("c{}", hex::encode(bytes)))
+        Self(random_id('c', bytes))
     }
 
     /// The id as it appears on the wire.
@@ -37,6 +37,12 @@ impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A fresh id of another kind: `prefix` and the 8 random bytes in lowercase hex (the caller
+/// supplies them from a CSPRNG), e.g. a webhook delivery's `d…`.
+pub fn random_id(prefix: char, bytes: [u8; 8]) -> String {
+    format!("{prefix}{}", hex::encode(bytes))
 }
 
 /// True when `raw` is `prefix` followed by `min..=max` lowercase hex digits.

@@ -12,6 +12,6 @@ pub mod time;
 
 pub use conversation::{Conversation, ShutdownReason, Status};
 pub use create::{CreateConversation, Limits, NewConversation, ValidationError};
-pub use event::{Event, EventType};
-pub use id::{ConversationId, InvalidId};
+pub use event::{Event, EventType, NewDelivery};
+pub use id::{ConversationId, InvalidId, random_id};
 pub use time::Timestamp;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp};
+use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp, random_id};
 use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
     Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
@@ -240,30 +240,21 @@ async fn insert_event(
     .bind(event.properties.to_string())
     .execute(&mut *tx)
     .await?;
-    let Some(url) = target.callback_url.as_deref().filter(|_| !target.test_mode) else {
+    let Some(delivery) = event.delivery(id, target.callback_url.as_deref(), target.test_mode) else {
         return Ok(());
     };
-    let payload = Event::envelope(
-        event.event_type.as_str(),
-        event.event_type.message_type(),
-        event.timestamp,
-        event.properties.clone(),
-        id,
-        Some(url),
-    );
     sqlx::query(
         "INSERT INTO delivery (delivery_id, conversation_id, account_id, event_type, carries_content, url, \
          payload, next_attempt_at, retry_from, created_at) \
-         VALUES ('d' || lower(hex(randomblob(8))), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
     )
+    .bind(random_id('d', rand::random()))
     .bind(id.as_str())
     .bind(&target.account)
     .bind(event.event_type.as_str())
-    .bind(event.event_type.carries_content())
-    .bind(url)
-    .bind(payload.to_string())
-    .bind(event.timestamp.as_micros())
-    .bind(event.timestamp.as_micros())
+    .bind(delivery.carries_content)
+    .bind(&delivery.url)
+    .bind(&delivery.payload)
     .bind(event.timestamp.as_micros())
     .execute(tx)
     .await?;
@@ -708,10 +699,10 @@ impl ConversationStore for SqliteStore {
             .await
             .map_err(map_err)?;
         // A replica that has not joined yet never will, and the call's timers have nothing left to end.
-        sqlx::query(
-            "DELETE FROM job WHERE conversation_id = ? \
-             AND kind IN ('join_replica', 'max_duration_timer', 'absent_timer', 'left_timer')",
-        )
+        sqlx::query(&format!(
+            "DELETE FROM job WHERE conversation_id = ? AND kind IN ({})",
+            JobKind::sql_list(&JobKind::LIVE_CALL)
+        ))
         .bind(id.as_str())
         .execute(&mut *tx)
         .await
@@ -904,14 +895,18 @@ impl ConversationStore for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map_err)?;
+        let drop_jobs = format!(
+            "DELETE FROM job WHERE conversation_id = ? AND kind NOT IN ({})",
+            JobKind::sql_list(&JobKind::OUTLIVES_HARD_DELETE)
+        );
         for sql in [
             "DELETE FROM event WHERE conversation_id = ?",
             "DELETE FROM asset WHERE conversation_id = ?",
             "DELETE FROM participant WHERE conversation_id = ?",
             // Unsent deliveries without content (joined, shutdown) are still sent; the rest go.
             "DELETE FROM delivery WHERE conversation_id = ? AND (status != 'pending' OR carries_content = 1)",
-            // Finalize jobs stay: one in flight must find the conversation gone and remove what it wrote.
-            "DELETE FROM job WHERE conversation_id = ? AND kind NOT IN ('finalize', 'purge')",
+            // See `JobKind::OUTLIVES_HARD_DELETE`.
+            drop_jobs.as_str(),
             "DELETE FROM conversation WHERE conversation_id = ?",
         ] {
             sqlx::query(sql)

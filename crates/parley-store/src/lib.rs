@@ -177,6 +177,28 @@ impl JobKind {
         Self::ALL.into_iter().find(|k| k.as_str() == raw)
     }
 
+    /// Work that only makes sense while the call is live: ending it drops these.
+    pub const LIVE_CALL: [Self; 4] = [
+        Self::JoinReplica,
+        Self::MaxDurationTimer,
+        Self::AbsentTimer,
+        Self::LeftTimer,
+    ];
+
+    /// Work that outlives a hard delete: a finalize under way takes back what it wrote, and the
+    /// purge erases the rest. A hard delete drops every other kind.
+    pub const OUTLIVES_HARD_DELETE: [Self; 2] = [Self::Finalize, Self::Purge];
+
+    /// The kinds as SQL string literals, `'a', 'b'`, for `kind IN (…)` in either dialect; safe to
+    /// splice into a query, being constants of ours.
+    pub fn sql_list(kinds: &[Self]) -> String {
+        kinds
+            .iter()
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Every kind, so parsing cannot miss one.
     pub const ALL: [Self; 7] = [
         Self::JoinReplica,
@@ -199,6 +221,18 @@ mod tests {
         assert!(e.is_disk_full());
         assert_eq!(e.to_string(), "storage unavailable: the disk is full");
         assert!(!StoreError::Unavailable("pool timed out".into()).is_disk_full());
+    }
+
+    #[test]
+    fn job_kind_sets_become_sql_lists_of_their_stored_forms() {
+        assert_eq!(
+            JobKind::sql_list(&JobKind::OUTLIVES_HARD_DELETE),
+            "'finalize', 'purge'"
+        );
+        assert_eq!(
+            JobKind::sql_list(&JobKind::LIVE_CALL),
+            "'join_replica', 'max_duration_timer', 'absent_timer', 'left_timer'"
+        );
     }
 
     #[test]

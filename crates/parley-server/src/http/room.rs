@@ -11,7 +11,6 @@ use axum::response::{Html, IntoResponse, Response};
 use parley_domain::replica::{greeting, persona_of};
 use parley_domain::{Conversation, ConversationId, Status, Timestamp, registry};
 use parley_store::ParticipantOutcome;
-use rand::RngCore;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -107,9 +106,7 @@ pub async fn join_room(
         Ok(c) => c,
         Err(response) => return response,
     };
-    let mut bytes = [0u8; 8];
-    rand::rng().fill_bytes(&mut bytes);
-    let participant_id = format!("u{}", hex::encode(bytes));
+    let participant_id = parley_domain::random_id('u', rand::random());
     participant_answer(&state, &c, &participant_id, true).await
 }
 
