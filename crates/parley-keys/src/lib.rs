@@ -17,8 +17,17 @@
 //! `docs/KEYS.md` describes the formats, rotation and the backup rules of each store;
 //! `docs/THREAT-MODEL.md` what this protects against and what it does not.
 
+mod error;
 mod id;
+mod master;
 mod seal;
+mod store;
 
+pub use error::{KeyError, KeyResult};
 pub use id::{InvalidKeyId, KeyId};
+pub use master::{InvalidMasterKey, MasterKey, MasterKeyId};
 pub use seal::{DataKey, OpenError, SEALED_TEXT_PREFIX, SEALED_VERSION, content_aad, is_sealed_text};
+pub use store::{
+    ConversationKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase, RotationProgress,
+    UnfinishedRotation,
+};

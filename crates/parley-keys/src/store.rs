@@ -1,0 +1,158 @@
+//! The seam: the `KeyStore` trait that the server holds as `Arc<dyn KeyStore>`, and its types.
+
+use std::ops::ControlFlow;
+
+use async_trait::async_trait;
+use parley_domain::{ConversationId, Timestamp};
+
+use crate::error::KeyResult;
+use crate::id::KeyId;
+use crate::master::{MasterKey, MasterKeyId};
+use crate::seal::DataKey;
+
+/// A conversation's data key and its id.
+#[derive(Clone)]
+pub struct ConversationKey {
+    /// The key's public name, for receipts.
+    pub key_id: KeyId,
+    /// The key itself.
+    pub key: DataKey,
+}
+
+impl std::fmt::Debug for ConversationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConversationKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key as listed for a cross-check: never its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Whose key.
+    pub conversation_id: ConversationId,
+    /// Which key.
+    pub key_id: KeyId,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A master key rotation that has started and not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnfinishedRotation {
+    /// Keys are being wrapped under `to` too; `from` is still the store's master key.
+    Rewrapping {
+        /// The master key in use.
+        from: MasterKeyId,
+        /// The master key being rotated to.
+        to: MasterKeyId,
+    },
+    /// The store has switched to `to`; copies wrapped under `from` are being removed.
+    Retiring {
+        /// The master key being retired.
+        from: MasterKeyId,
+        /// The master key in use.
+        to: MasterKeyId,
+    },
+}
+
+/// Which pass of a rotation a [`RotationProgress`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationPhase {
+    /// Wrapping every key under the new master key too.
+    Rewrap,
+    /// Removing every copy wrapped under the old master key.
+    Retire,
+}
+
+/// How far a rotation's current pass has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationProgress {
+    /// The pass.
+    pub phase: RotationPhase,
+    /// Keys this pass has dealt with, including those a previous, interrupted run had done.
+    pub done: u64,
+    /// Keys in the store when the pass started (creates and destroys during it can move this).
+    pub total: u64,
+}
+
+/// Told of a rotation's progress after each durable batch; `Break` stops the rotation there,
+/// leaving it as a crash would (resumable).
+pub type Progress<'a> = &'a (dyn Fn(RotationProgress) -> ControlFlow<()> + Send + Sync);
+
+/// What a key store reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStoreStatus {
+    /// The master key that wraps the store's keys.
+    pub master_key_id: MasterKeyId,
+    /// A rotation that was started and not finished.
+    pub unfinished_rotation: Option<UnfinishedRotation>,
+    /// How many keys the store holds.
+    pub keys: u64,
+    /// Damage found and repaired when the store was opened (a torn slot wiped, say), one line each.
+    pub repaired_at_open: Vec<String>,
+}
+
+/// Where conversations' data keys live and where destroying one is real.
+///
+/// The server holds it as `Arc<dyn KeyStore>` and never sees how keys are kept. Two stores ship:
+/// [`SlotFileKeyStore`](crate::SlotFileKeyStore) (embedded) and [`PgKeyStore`](crate::PgKeyStore)
+/// (shared). An external KMS fits behind it too, since nothing here assumes where keys are kept
+/// or how they are wrapped: `create` may ask the KMS for a data key (AWS KMS `GenerateDataKey`,
+/// Vault transit `datakey`) and keep the wrapped form where deletion is real, or keep a key per
+/// conversation in the KMS itself and `destroy` it there (then the KMS's own waiting period before
+/// a deletion takes effect counts towards the erasure deadline). A KMS that rotates its master
+/// keys itself answers [`rotate`](Self::rotate) with [`KeyError::Unsupported`](crate::KeyError).
+///
+/// Every method that changes keys is durable before it returns, so an acknowledged create
+/// survives a crash and an acknowledged destroy never comes back.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Makes a fresh data key for `conversation`, durable before it returns.
+    ///
+    /// Fails with `AlreadyExists` when the conversation has a key. A conversation whose key was
+    /// destroyed may be given a new one: it is another key, and nothing sealed under the old one
+    /// opens with it.
+    async fn create(&self, conversation: &ConversationId, now: Timestamp) -> KeyResult<ConversationKey>;
+
+    /// Makes fresh keys for many conversations at once, durable before it returns; for encrypting
+    /// an existing store in place, where a sync per key would take hours.
+    ///
+    /// Not atomic: on an error some keys may have been made, which [`get`](Self::get) shows.
+    async fn create_many(
+        &self,
+        conversations: &[ConversationId],
+        now: Timestamp,
+    ) -> KeyResult<Vec<ConversationKey>> {
+        let mut keys = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            keys.push(self.create(conversation, now).await?);
+        }
+        Ok(keys)
+    }
+
+    /// The conversation's key: `None` once destroyed, or if it never had one.
+    async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>>;
+
+    /// Destroys the conversation's key, durably and irreversibly before it returns.
+    ///
+    /// Returns the destroyed key's id, or `None` when there was no key (destroyed already, or
+    /// never made), so destroying twice is fine.
+    async fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>>;
+
+    /// Every key the store holds (conversation, key id, creation time), for a cross-check.
+    async fn list(&self) -> KeyResult<Vec<KeyInfo>>;
+
+    /// Rewraps every data key under `to` without touching content; afterwards the old master key
+    /// opens nothing in this store, and the store must be opened with `to`.
+    ///
+    /// Resumable after a crash, or after `progress` returns `Break`, at any point: run it again
+    /// with the same `to` (opening the store with the old master key if the rotation had not yet
+    /// switched over, else with `to`). Rotating to the current master key finishes an interrupted
+    /// rotation, or does nothing.
+    async fn rotate(&self, to: MasterKey, progress: Progress<'_>) -> KeyResult<()>;
+
+    /// The master key in use, an unfinished rotation, the number of keys, repairs made at open.
+    async fn status(&self) -> KeyResult<KeyStoreStatus>;
+}
