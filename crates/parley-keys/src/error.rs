@@ -113,4 +113,27 @@ impl KeyError {
             source,
         }
     }
+
+    /// The error for using `given` on a store whose header names `store`, a rotation under way
+    /// and the master key it last rotated from: the most helpful of the master key cases.
+    pub(crate) fn master_mismatch(
+        store: MasterKeyId,
+        rotation: Option<crate::store::UnfinishedRotation>,
+        previous: Option<MasterKeyId>,
+        given: MasterKeyId,
+    ) -> Self {
+        use crate::store::UnfinishedRotation::{Retiring, Rewrapping};
+        match rotation {
+            Some(Rewrapping { from, to }) if to == given => Self::RotationUnfinished { from, to },
+            Some(Retiring { from, .. }) if from == given => Self::RotatedOut {
+                given,
+                current: store,
+            },
+            _ if previous == Some(given) => Self::RotatedOut {
+                given,
+                current: store,
+            },
+            _ => Self::WrongMasterKey { store, given },
+        }
+    }
 }

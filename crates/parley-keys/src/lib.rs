@@ -21,12 +21,16 @@ mod error;
 mod id;
 mod master;
 mod seal;
+pub mod slot_file;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{KeyError, KeyResult};
 pub use id::{InvalidKeyId, KeyId};
 pub use master::{InvalidMasterKey, MasterKey, MasterKeyId};
 pub use seal::{DataKey, OpenError, SEALED_TEXT_PREFIX, SEALED_VERSION, content_aad, is_sealed_text};
+pub use slot_file::SlotFileKeyStore;
 pub use store::{
     ConversationKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase, RotationProgress,
     UnfinishedRotation,
