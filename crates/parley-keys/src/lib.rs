@@ -20,6 +20,7 @@
 mod error;
 mod id;
 mod master;
+mod postgres;
 mod seal;
 pub mod slot_file;
 mod store;
@@ -29,6 +30,7 @@ pub mod testing;
 pub use error::{KeyError, KeyResult};
 pub use id::{InvalidKeyId, KeyId};
 pub use master::{InvalidMasterKey, MasterKey, MasterKeyId};
+pub use postgres::PgKeyStore;
 pub use seal::{DataKey, OpenError, SEALED_TEXT_PREFIX, SEALED_VERSION, content_aad, is_sealed_text};
 pub use slot_file::SlotFileKeyStore;
 pub use store::{
