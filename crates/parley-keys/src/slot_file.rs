@@ -694,6 +694,9 @@ fn scan_at_open(
             }
             SlotRead::Live(view) => {
                 let hash = index.hash(view.conversation);
+                if index.insert_if_vacant(hash, slot) {
+                    return Ok(());
+                }
                 let mut twin = None;
                 for other in index.candidates(hash) {
                     let mut bytes = [0u8; SLOT_LEN];

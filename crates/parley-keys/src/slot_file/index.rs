@@ -36,6 +36,19 @@ impl Index {
         }
     }
 
+    /// Adds a slot under a hash that has none yet, in one lookup; false (and nothing added) if
+    /// the hash has a slot already.
+    pub(super) fn insert_if_vacant(&mut self, hash: u64, slot: u32) -> bool {
+        match self.first.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(slot);
+                self.len += 1;
+                true
+            }
+        }
+    }
+
     /// Removes a slot from under a hash; false if it was not there.
     pub(super) fn remove(&mut self, hash: u64, slot: u32) -> bool {
         let removed = if self.first.get(&hash) == Some(&slot) {
@@ -69,7 +82,11 @@ impl Index {
 
     /// The slots that may hold the conversation with this hash.
     pub(super) fn candidates(&self, hash: u64) -> impl Iterator<Item = u32> + '_ {
-        let more = self.more.get(&hash).map(Vec::as_slice).unwrap_or_default();
+        // `more` is almost always empty: skip hashing into it then.
+        let more = match self.more.is_empty() {
+            true => &[][..],
+            false => self.more.get(&hash).map(Vec::as_slice).unwrap_or_default(),
+        };
         self.first
             .get(&hash)
             .copied()
@@ -119,7 +136,8 @@ mod tests {
         index.insert(7, 1);
         index.insert(7, 2);
         index.insert(7, 3);
-        index.insert(8, 4);
+        assert!(index.insert_if_vacant(8, 4));
+        assert!(!index.insert_if_vacant(8, 5));
         assert_eq!(index.candidates(7).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(index.len(), 4);
 

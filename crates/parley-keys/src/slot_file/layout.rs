@@ -64,7 +64,9 @@ const SLOT_CRC_AT: usize = SLOT_LEN - 4;
 const ID_MAX: usize = 33;
 const WRAP_AT: [usize; 2] = [51, 132];
 
-static CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// Slice-by-16 tables: about ten times the default byte-at-a-time speed, which is most of what
+/// opening a million slots costs.
+static CRC32C: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// The store-wide state a header records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
