@@ -89,6 +89,9 @@ impl Header {
 impl PgKeyStore {
     /// Connects to the key database at `url`, migrates it, and checks `master` against it.
     ///
+    /// Refuses a database that holds parley's content tables: the keys must not travel in the
+    /// content's backups.
+    ///
     /// The first process to connect to a new key database records its master key; any later
     /// one with another key is refused ([`KeyError::WrongMasterKey`], or [`KeyError::RotatedOut`]
     /// for a master key rotated out).
@@ -103,6 +106,18 @@ impl PgKeyStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
+        // Keys next to the content would travel in the content's dumps and backups.
+        let content_here: bool = sqlx::query_scalar("SELECT to_regclass('conversation') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .map_err(map_err)?;
+        if content_here {
+            return Err(KeyError::Database(
+                "this database holds parley's content tables; the key store needs a database of its \
+                 own (docs/KEYS.md)"
+                    .into(),
+            ));
+        }
         MIGRATOR.run(&pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             e => KeyError::Database(format!("migrating the key database: {e}")),

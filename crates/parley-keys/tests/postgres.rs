@@ -173,3 +173,17 @@ async fn the_key_database_holds_no_row_of_a_destroyed_key() {
     drop(store);
     db.tear_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_content_database_is_refused_as_a_key_database() {
+    let db = FreshKeyDb::fresh().await;
+    let pool = db.pool().await;
+    sqlx::raw_sql("CREATE TABLE conversation (conversation_id TEXT PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let err = db.open(&MasterKey::generate()).await.err().expect("refused");
+    assert!(err.to_string().contains("database of its own"), "{err}");
+    db.tear_down().await;
+}
