@@ -224,7 +224,7 @@ pub enum SlotRead<'a> {
     Torn,
 }
 
-/// A live slot's bytes. `wraps` holds one or two copies, each [`WRAPPED_LEN`] long.
+/// A live slot's bytes. `wraps` holds one or two copies, each a 73-byte wrapped data key.
 pub fn encode_slot(
     conversation: &ConversationId,
     key_id: KeyId,
