@@ -107,6 +107,10 @@ impl SqliteStore {
 /// rollback a dropped transaction queued, so a connection whose rollback did work is kept.
 async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection;
+    // The common case, a committed transaction or none, costs no round trip.
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
     conn.ping().await?;
     let clean = !conn.is_in_transaction();
     if !clean {
