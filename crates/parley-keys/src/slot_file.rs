@@ -4,7 +4,7 @@
 //!
 //! Deleting a row from SQLite does not remove its bytes. A b-tree page that is rebuilt leaves a
 //! stale copy of a moved cell in the page's unallocated space (`secure_delete` does not zero it:
-//! issue 8 found hard-deleted content there), a freed page keeps its bytes until reused, and the
+//! hard-deleted content was found there under load), a freed page keeps its bytes until reused, and the
 //! WAL keeps every frame that ever held the row until a checkpoint overwrites it, which may be
 //! never for a given offset. A key table there would leak wrapped keys the same way the content
 //! did. Here each key has exactly one place in the file, and destroying it writes zeros over
