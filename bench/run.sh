@@ -4,7 +4,7 @@
 # usage: bench/run.sh
 #
 # Settings (environment):
-#   BENCH_CONNECTIONS       open connections per run                       (default 4)
+#   BENCH_CONNECTIONS       open connections per run                       (default 64)
 #   BENCH_DURATION          length of each run, in wrk syntax              (default 10s)
 #   BENCH_THREADS           wrk threads (at most the connections)          (default: nproc)
 #   BENCH_SOFT_IDS_PER_SEC  conversations seeded for the soft-delete run, per second of
@@ -27,7 +27,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=$ROOT/bench
-CONNECTIONS=${BENCH_CONNECTIONS:-4}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
 DURATION=${BENCH_DURATION:-10s}
 THREADS=${BENCH_THREADS:-$(nproc)}
 ((THREADS > CONNECTIONS)) && THREADS=$CONNECTIONS
@@ -295,12 +295,14 @@ MEM=$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
     echo "- load: $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'), $CONNECTIONS connections, $THREADS threads, $DURATION per run, on the same machine as the server"
     echo "- parley: --max-concurrent-conversations 1000000 --replica-join-delay 0s --log warn; $WARNINGS warning/error lines in its log"
     echo
-    echo "| endpoint | req/s (2xx) | p50 | p99 | vs baseline | 2xx | non-2xx + socket errors | CPU cores: server / wrk / other | notes |"
-    echo "|---|--:|--:|--:|--:|--:|--:|--:|---|"
+    echo "| endpoint | req/s (2xx) | p50 | p99 | vs baseline | server CPU per request | 2xx | non-2xx + socket errors | CPU cores: server / wrk / other | notes |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"
     for row in "${ROWS[@]}"; do
         IFS='|' read -r label rps p50 p99 ok bad server wrk other note <<<"$row"
         ratio=$(awk -v a="$rps" -v b="$BASELINE_RPS" 'BEGIN { printf "%.3f", a / b }')
-        echo "| $label | $rps | $(us "$p50") | $(us "$p99") | $ratio | $ok | $bad | $server / $wrk / $other | $note |"
+        # Cores kept busy divided by requests a second: CPU time each request cost the server.
+        per_req=$(awk -v c="$server" -v r="$rps" 'BEGIN { if (r > 0) printf "%.0f µs", c * 1e6 / r; else print "-" }')
+        echo "| $label | $rps | $(us "$p50") | $(us "$p99") | $ratio | $per_req | $ok | $bad | $server / $wrk / $other | $note |"
     done
     if ((${#NOTES[@]} > 0)); then
         echo
