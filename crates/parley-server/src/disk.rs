@@ -16,7 +16,8 @@ use anyhow::Context;
 use parley_blobs::{BlobError, Blobs};
 use parley_domain::Timestamp;
 use parley_store::{ConversationStore, StoreError};
-use rand::RngCore;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 
 /// How often, at most, a full disk is looked at again.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -231,10 +232,13 @@ fn refill(path: &Path, bytes: u64) -> anyhow::Result<bool> {
 fn write_reserve(path: &Path, bytes: u64) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
     let mut chunk = vec![0u8; CHUNK];
+    // Incompressible is all it needs, not unpredictable: a small fast generator keeps the first
+    // start quick (the cryptographic one takes seconds for 64 MiB in a debug build).
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut left = bytes;
     while left > 0 {
         let n = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-        rand::rng().fill_bytes(&mut chunk[..n]);
+        rng.fill_bytes(&mut chunk[..n]);
         file.write_all(&chunk[..n])?;
         left -= n as u64;
     }
