@@ -421,6 +421,43 @@ impl KeyStore for PgKeyStore {
         }))
     }
 
+    async fn get_many(&self, conversations: &[ConversationId]) -> KeyResult<Vec<Option<ConversationKey>>> {
+        // One round trip for a page of a list, not one per conversation.
+        let ids: Vec<&str> = conversations.iter().map(ConversationId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT conversation_id, data_key_id, master_key_id, wrapped, other_master_key_id, other_wrapped \
+             FROM data_key WHERE conversation_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let current = self.current();
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let conversation: String = row.get(0);
+            found.insert(conversation, StoredKey::from_row(row)?);
+        }
+        let mut keys = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            let Some(stored) = found.get(conversation.as_str()) else {
+                keys.push(None);
+                continue;
+            };
+            let Some(wrapped) = stored.wrap_under(current.id()) else {
+                return Err(self.stale_master().await);
+            };
+            let key = current
+                .unwrap_key(conversation, stored.key_id, wrapped)
+                .map_err(|_| stored.unwrap_error(&current))?;
+            keys.push(Some(ConversationKey {
+                key_id: stored.key_id,
+                key,
+            }));
+        }
+        Ok(keys)
+    }
+
     async fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>> {
         let destroyed: Option<String> =
             sqlx::query_scalar("DELETE FROM data_key WHERE conversation_id = $1 RETURNING data_key_id")

@@ -135,6 +135,16 @@ pub trait KeyStore: Send + Sync {
     /// The conversation's key: `None` once destroyed, or if it never had one.
     async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>>;
 
+    /// The keys of many conversations (a page of a list), in the order asked; `None` for each one
+    /// without a key.
+    async fn get_many(&self, conversations: &[ConversationId]) -> KeyResult<Vec<Option<ConversationKey>>> {
+        let mut keys = Vec::with_capacity(conversations.len());
+        for conversation in conversations {
+            keys.push(self.get(conversation).await?);
+        }
+        Ok(keys)
+    }
+
     /// Destroys the conversation's key, durably and irreversibly before it returns.
     ///
     /// Returns the destroyed key's id, or `None` when there was no key (destroyed already, or

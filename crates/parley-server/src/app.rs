@@ -6,14 +6,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use parley_blobs::Blobs;
 use parley_domain::{Limits, Timestamp};
+use parley_keys::{KeyStore, MasterKey, PgKeyStore, SlotFileKeyStore};
 use parley_store::ConversationStore;
 use parley_store_postgres::PostgresStore;
 use parley_store_sqlite::SqliteStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Database, ServeConfig, StoreConfig};
+use crate::config::{Database, KeyConfig, KeyStoreLocation, ServeConfig, StoreConfig};
 use crate::disk::Disk;
+use crate::sealed::SealedStore;
 use crate::state::{AppState, Settings};
 use crate::webhook::{self, WebhookSettings};
 use crate::{http, jobs, keys};
@@ -51,6 +53,88 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn Conversa
             let store = PostgresStore::connect(&url)
                 .await
                 .context("connecting to PostgreSQL")?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// The variable that may hold the master key itself, instead of `--master-key-file`.
+pub const MASTER_KEY_VAR: &str = "PARLEY_MASTER_KEY";
+
+/// The master key: `PARLEY_MASTER_KEY` if set, else the master key file; `None` when neither
+/// exists.
+pub fn load_master_key(config: &KeyConfig) -> anyhow::Result<Option<MasterKey>> {
+    if let Ok(raw) = std::env::var(MASTER_KEY_VAR) {
+        let key = MasterKey::parse(&raw).map_err(|e| anyhow::anyhow!("{MASTER_KEY_VAR}: {e}"))?;
+        return Ok(Some(key));
+    }
+    if config.master_key_file.exists() {
+        return Ok(Some(MasterKey::load_file(&config.master_key_file)?));
+    }
+    Ok(None)
+}
+
+/// Opens the key store a key config names, creating the embedded one (and its master key) on
+/// first start.
+pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<Arc<dyn KeyStore>> {
+    let master = load_master_key(config)?;
+    match config.location() {
+        KeyStoreLocation::SlotFile(path) if path.exists() => {
+            let master = master.with_context(|| {
+                format!(
+                    "the key store {} needs its master key: set {MASTER_KEY_VAR} or --master-key-file \
+                     (now {}, which does not exist)",
+                    path.display(),
+                    config.master_key_file.display()
+                )
+            })?;
+            let store = SlotFileKeyStore::open(&path, master)
+                .await
+                .with_context(|| format!("opening the key store {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        KeyStoreLocation::SlotFile(path) => {
+            let master = match master {
+                Some(master) => master,
+                None => {
+                    if let Some(dir) = config
+                        .master_key_file
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                    {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("creating {}", dir.display()))?;
+                    }
+                    let master = MasterKey::generate_file(&config.master_key_file)?;
+                    tracing::warn!(
+                        path = %config.master_key_file.display(),
+                        master_key.id = %master.id(),
+                        "made a new master key: back it up apart from the data and the key store; \
+                         losing it loses every conversation (docs/KEYS.md)"
+                    );
+                    master
+                }
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let store = SlotFileKeyStore::create(&path, master)
+                .await
+                .with_context(|| format!("creating the key store {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created the key store");
+            Ok(Arc::new(store))
+        }
+        KeyStoreLocation::Postgres(url) => {
+            let master = master.with_context(|| {
+                format!(
+                    "a shared key store needs the master key from the operator: set {MASTER_KEY_VAR} \
+                     or --master-key-file (now {}, which does not exist)",
+                    config.master_key_file.display()
+                )
+            })?;
+            let store = PgKeyStore::connect(&url, master)
+                .await
+                .context("connecting to the key database")?;
             Ok(Arc::new(store))
         }
     }
@@ -116,6 +200,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         Database::Postgres(_) => (None, Disk::without_reserve()),
     };
     let store = with_room(&disk, || open_store(&config.store)).await?;
+    let keys = open_keys(&config.keys).await?;
+    let store = Arc::new(SealedStore::new(store, keys));
     if lock.is_some() {
         // We hold the database's lock, so any lease in the job table belongs to a dead process.
         let released = with_room(&disk, || async { Ok(store.release_all_leases().await?) }).await?;

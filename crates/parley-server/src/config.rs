@@ -204,6 +204,50 @@ impl StoreConfig {
     }
 }
 
+/// Where conversations' data keys are kept, and the master key that wraps them.
+///
+/// The master key comes from `PARLEY_MASTER_KEY` (the key itself) or a file; the embedded key
+/// store makes one on first start. See `docs/KEYS.md` for what to back up and what never to.
+#[derive(Debug, Clone, Args)]
+pub struct KeyConfig {
+    /// The key store: a slot file path (embedded, one process) or `postgres://…` (a key database
+    /// of its own, shared by every server; never the content database).
+    #[arg(long, env = "PARLEY_KEY_STORE", default_value = "./parley-keys/keys.slots")]
+    pub key_store: String,
+
+    /// File holding the master key (32 bytes, base64 or hex). Made on the embedded key store's
+    /// first start if missing. Keep it apart from the data and key store, and back it up apart.
+    #[arg(long, env = "PARLEY_MASTER_KEY_FILE", default_value = "./parley-master.key")]
+    pub master_key_file: PathBuf,
+}
+
+/// Which key store a [`KeyConfig`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStoreLocation {
+    SlotFile(PathBuf),
+    Postgres(String),
+}
+
+impl KeyConfig {
+    /// Keys kept under `dir`: for tests and tools that make a fresh state.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        Self {
+            key_store: dir.join("keys.slots").display().to_string(),
+            master_key_file: dir.join("master.key"),
+        }
+    }
+
+    /// The key store, from `--key-store`.
+    pub fn location(&self) -> KeyStoreLocation {
+        let raw = self.key_store.as_str();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            KeyStoreLocation::Postgres(raw.to_owned())
+        } else {
+            KeyStoreLocation::SlotFile(PathBuf::from(raw.strip_prefix("file://").unwrap_or(raw)))
+        }
+    }
+}
+
 /// Where parley keeps blobs (recordings).
 #[derive(Debug, Clone, Args)]
 pub struct BlobConfig {
@@ -228,6 +272,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub blobs: BlobConfig,
+
+    #[command(flatten)]
+    pub keys: KeyConfig,
 
     /// Address to listen on.
     #[arg(long, env = "PARLEY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -312,9 +359,11 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// Defaults for tests: port 0, the given data dir, an immediate replica join, fast polling.
-    pub fn for_tests(data_dir: PathBuf) -> Self {
+    /// Defaults for tests: port 0, the given data dir and key folder, an immediate replica join,
+    /// fast polling.
+    pub fn for_tests(data_dir: PathBuf, key_dir: &std::path::Path) -> Self {
         Self {
+            keys: KeyConfig::in_dir(key_dir),
             store: StoreConfig {
                 data_dir,
                 database_url: None,

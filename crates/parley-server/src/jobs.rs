@@ -1,9 +1,9 @@
 //! The durable job runner: joins, timers, call finalisation, purges and retention, retried until done.
 
+use parley_store::ConversationStore;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use futures::future::join_all;
 use parley_blobs::BlobKey;
 use parley_domain::replica::{self, RecordingLocation};
@@ -12,6 +12,7 @@ use parley_store::{Asset, DeleteScope, EndOutcome, HardDeleteOutcome, Job, JobKi
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
+use crate::sealed;
 use crate::state::AppState;
 
 /// Jobs claimed per round.
@@ -185,8 +186,10 @@ async fn end_call(state: &AppState, id: &ConversationId, reason: ShutdownReason)
     Ok(())
 }
 
-/// Removes a hard-deleted conversation's blobs and the database's copies of its erased rows.
+/// Destroys a hard-deleted conversation's key (if the delete could not), then removes its blobs
+/// and the database's copies of its erased rows.
 async fn purge(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
+    state.store.shred(id).await.context("destroying the data key")?;
     let removed = state
         .blobs
         .delete_conversation(id)
@@ -206,7 +209,10 @@ async fn purge(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
 
 /// Produces an ended call's transcript, perception analysis and recording.
 async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
-    let Some(c) = state.store.load_conversation(id).await? else {
+    let (Some(c), Some(data_key)) = (
+        state.store.load_conversation(id).await?,
+        state.store.key(id).await?,
+    ) else {
         // Hard-deleted before we ran: make sure nothing we wrote on an earlier attempt survives.
         state.blobs.delete_conversation(id).await?;
         return Ok(());
@@ -226,16 +232,13 @@ async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
         let secs = u32::try_from(secs).unwrap_or(u32::MAX);
         // A fresh seed: no two recordings share a run of audio bytes, so one conversation's
         // recording can be shown gone while another's remains (a retry just writes a new one).
-        let wav = Bytes::from(replica::recording_wav(&c, secs, rand::random()));
+        let wav = replica::recording_wav(&c, secs, rand::random());
         let key = BlobKey::Asset {
             conversation: id.clone(),
             asset: RECORDING.into(),
         };
-        state
-            .blobs
-            .put(&key, wav.clone())
-            .await
-            .context("storing recording")?;
+        let sealed = sealed::seal_blob(&data_key.key, id, &key.path(), &wav);
+        state.blobs.put(&key, sealed).await.context("storing recording")?;
         let location = RecordingLocation {
             bucket_name: "parley".into(),
             key: key.path(),
@@ -246,11 +249,13 @@ async fn finalize(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
             name: RECORDING.into(),
             blob_key: key.path(),
             content_type: "audio/wav".into(),
+            // The recording's own size, as a download gets it.
             size: wav.len() as u64,
             created_at: now,
         };
         recording = Some((location, asset));
     }
+    drop(data_key);
     let events = replica::after_end_events(&c, now, recording.as_ref().map(|(l, _)| l));
     let stored = state
         .store

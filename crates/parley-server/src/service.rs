@@ -4,11 +4,13 @@ use parley_blobs::BlobError;
 use parley_domain::{
     Conversation, ConversationId, NewConversation, ShutdownReason, Status, Timestamp, ValidationError,
 };
+use parley_store::ConversationStore;
 use parley_store::{
     Account, DeleteScope, EndOutcome, HardDeleteOutcome, JobKind, SoftDeleteOutcome, StoreError, StoredEvent,
 };
 use rand::RngCore;
 
+use crate::sealed;
 use crate::state::AppState;
 use crate::{jobs, webhook};
 
@@ -282,6 +284,13 @@ pub async fn get_recording(
             .ok_or(ServiceError::InvalidConversationId)?;
         return Err(ServiceError::NotFound("No recording for this conversation"));
     };
-    let bytes = state.blobs.get(&asset.blob_key).await?;
+    let sealed = state.blobs.get(&asset.blob_key).await?;
+    let bytes = match state.store.key(id).await? {
+        Some(key) => sealed::open_blob(&key.key, id, &asset.blob_key, &sealed),
+        None => None,
+    };
+    let bytes = bytes.ok_or(ServiceError::NotFound(
+        "Recording unavailable: its content can no longer be read",
+    ))?;
     Ok((asset.content_type, bytes))
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use parley_blobs::Blobs;
 use parley_domain::Limits;
-use parley_store::{Account, ConversationStore};
+use parley_store::Account;
 use tokio::sync::Notify;
 
 use crate::disk::Disk;
+use crate::sealed::SealedStore;
 use crate::webhook::WebhookSettings;
 
 /// Settings that shape behaviour, resolved once at startup.
@@ -57,7 +58,8 @@ pub struct AppState(Arc<Inner>);
 
 /// The contents of [`AppState`].
 pub struct Inner {
-    pub store: Arc<dyn ConversationStore>,
+    /// The store, sealing content under each conversation's key (which it also holds).
+    pub store: Arc<SealedStore>,
     pub blobs: Blobs,
     pub settings: Settings,
     /// Whether writes fail for lack of space, and the reserve that lets the small ones go on.
@@ -70,7 +72,7 @@ pub struct Inner {
 
 impl AppState {
     /// Bundles the parts.
-    pub fn new(store: Arc<dyn ConversationStore>, blobs: Blobs, settings: Settings, disk: Disk) -> Self {
+    pub fn new(store: Arc<SealedStore>, blobs: Blobs, settings: Settings, disk: Disk) -> Self {
         Self(Arc::new(Inner {
             store,
             blobs,

@@ -1,5 +1,6 @@
 //! Webhook delivery: the outbox runner that POSTs each event to its callback URL, in order, until it lands.
 
+use parley_store::ConversationStore;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1009,6 +1009,8 @@ impl ConversationStore for PostgresStore {
             events: count(events),
             assets: count(assets),
             asset_bytes: count(asset_bytes),
+            key_id: None,
+            key_destroyed_at: None,
         };
         sqlx::query(
             "INSERT INTO erasure_receipt (conversation_id, account_id, erased_at, reason, events, assets, \
@@ -1280,10 +1282,29 @@ impl ConversationStore for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn record_key_destroyed(
+        &self,
+        id: &ConversationId,
+        key_id: Option<&str>,
+        at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE erasure_receipt SET key_id = COALESCE(key_id, $1), key_destroyed_at = COALESCE(key_destroyed_at, $2) \
+             WHERE conversation_id = $3",
+        )
+        .bind(key_id)
+        .bind(at.map(Timestamp::as_micros))
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>> {
         let rows = sqlx::query(
-            "SELECT conversation_id, account_id, erased_at, reason, events, assets, asset_bytes \
-             FROM erasure_receipt WHERE $1::TEXT IS NULL OR account_id = $1 ORDER BY erased_at DESC",
+            "SELECT conversation_id, account_id, erased_at, reason, events, assets, asset_bytes, key_id, \
+             key_destroyed_at FROM erasure_receipt WHERE $1::TEXT IS NULL OR account_id = $1 ORDER BY erased_at DESC",
         )
         .bind(account)
         .fetch_all(&self.pool)
@@ -1300,6 +1321,8 @@ impl ConversationStore for PostgresStore {
                     events: count(r.get(4)),
                     assets: count(r.get(5)),
                     asset_bytes: count(r.get(6)),
+                    key_id: r.get(7),
+                    key_destroyed_at: r.get::<Option<i64>, _>(8).map(Timestamp::from_micros),
                 })
             })
             .collect()

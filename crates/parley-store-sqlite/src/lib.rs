@@ -927,6 +927,8 @@ impl ConversationStore for SqliteStore {
             events: u64::try_from(events).unwrap_or(0),
             assets: u64::try_from(assets).unwrap_or(0),
             asset_bytes: u64::try_from(asset_bytes).unwrap_or(0),
+            key_id: None,
+            key_destroyed_at: None,
         };
         sqlx::query(
             "INSERT INTO erasure_receipt (conversation_id, account_id, erased_at, reason, events, assets, asset_bytes) \
@@ -1194,9 +1196,28 @@ impl ConversationStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn record_key_destroyed(
+        &self,
+        id: &ConversationId,
+        key_id: Option<&str>,
+        at: Option<Timestamp>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE erasure_receipt SET key_id = COALESCE(key_id, ?), key_destroyed_at = COALESCE(key_destroyed_at, ?) \
+             WHERE conversation_id = ?",
+        )
+        .bind(key_id)
+        .bind(at.map(Timestamp::as_micros))
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>> {
         let rows = sqlx::query(
-            "SELECT conversation_id, account_id, erased_at, reason, events, assets, asset_bytes FROM erasure_receipt \
+            "SELECT conversation_id, account_id, erased_at, reason, events, assets, asset_bytes, key_id, key_destroyed_at FROM erasure_receipt \
              WHERE ?1 IS NULL OR account_id = ?1 ORDER BY erased_at DESC",
         )
         .bind(account)
@@ -1214,6 +1235,8 @@ impl ConversationStore for SqliteStore {
                     events: u64::try_from(r.get::<i64, _>(4)).unwrap_or(0),
                     assets: u64::try_from(r.get::<i64, _>(5)).unwrap_or(0),
                     asset_bytes: u64::try_from(r.get::<i64, _>(6)).unwrap_or(0),
+                    key_id: r.get(7),
+                    key_destroyed_at: r.get::<Option<i64>, _>(8).map(Timestamp::from_micros),
                 })
             })
             .collect()

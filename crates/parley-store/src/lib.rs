@@ -134,6 +134,10 @@ pub struct ErasureReceipt {
     pub events: u64,
     pub assets: u64,
     pub asset_bytes: u64,
+    /// The conversation's data key, once destroyed (see [`ConversationStore::record_key_destroyed`]).
+    pub key_id: Option<String>,
+    /// When the data key was destroyed.
+    pub key_destroyed_at: Option<Timestamp>,
 }
 
 /// A durable job's id.
@@ -441,6 +445,15 @@ pub trait ConversationStore: Send + Sync + 'static {
         participant_id: &str,
         now: Timestamp,
     ) -> StoreResult<ParticipantOutcome>;
+    /// Records on the conversation's erasure receipt its data key (`key_id`, written before the key
+    /// is destroyed) and when it was destroyed (`at`); values already recorded are kept. False
+    /// when there is no receipt.
+    async fn record_key_destroyed(
+        &self,
+        id: &ConversationId,
+        key_id: Option<&str>,
+        at: Option<Timestamp>,
+    ) -> StoreResult<bool>;
     /// Erasure receipts, newest first.
     async fn list_receipts(&self, account: Option<&str>) -> StoreResult<Vec<ErasureReceipt>>;
 

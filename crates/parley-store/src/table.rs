@@ -185,6 +185,8 @@ impl Table {
                 ("events", Int),
                 ("assets", Int),
                 ("asset_bytes", Int),
+                ("key_id", Text),
+                ("key_destroyed_at", Int),
             ],
             Table::Job => &[
                 ("job_id", Int),

@@ -3,6 +3,7 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use parley_store::ConversationStore;
 
 use crate::http::error::ApiError;
 use crate::keys;

@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use parley_domain::replica::{greeting, persona_of};
 use parley_domain::{Conversation, ConversationId, Status, Timestamp, registry};
+use parley_store::ConversationStore;
 use parley_store::ParticipantOutcome;
 use serde_json::json;
 use subtle::ConstantTimeEq;

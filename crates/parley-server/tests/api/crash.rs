@@ -62,7 +62,7 @@ async fn a_purge_cut_short_by_a_kill_is_finished_after_restart() {
     let restarted = Proc::start(&dir, &[]);
     dir.wait_for_jobs().await;
     assert!(!dir.has_recording(&id).await);
-    assert!(!dir.holds(marker).await);
+    assert!(!dir.readable(&id, marker).await);
     drop(restarted);
 }
 
@@ -109,7 +109,7 @@ async fn a_kill_at_any_moment_of_hard_deletes_leaves_every_conversation_whole_or
                 )
                 .await;
             let blob = dir.has_recording(id).await;
-            let marker = dir.holds(&format!("MARK-{round}-{i}-x")).await;
+            let marker = dir.readable(id, &format!("MARK-{round}-{i}-x")).await;
             let whole = conversations == 1 && events >= 3 && assets == 1 && blob && receipt == 0 && marker;
             let gone = conversations == 0 && events == 0 && assets == 0 && !blob && receipt == 1 && !marker;
             assert!(

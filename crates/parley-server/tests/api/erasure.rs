@@ -1,5 +1,6 @@
-//! A hard delete leaves no byte of the conversation's content: in any file of an embedded store,
-//! in any row and object of a shared one.
+//! Content is only ciphertext at rest, and a hard delete leaves no byte of it readable: not in
+//! plaintext in any file of an embedded store or any row and object of a shared one, and not
+//! under any key the key store still holds.
 
 use std::collections::HashSet;
 
@@ -30,7 +31,7 @@ async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
     let survivor = "SURVIVOR-5d1e-keep-me";
     let keep = app.ended(json!({ "conversational_context": survivor })).await;
 
-    // The marker is in the transcript and on disk before: the test can fail.
+    // The marker is in the transcript and opens from the stored bytes before: the test can fail.
     let (_, verbose) = app
         .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
         .await;
@@ -42,16 +43,25 @@ async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
         .expect("a transcript event")
         .to_string();
     assert!(transcript.contains(marker));
-    assert!(app.backing.holds(marker).await);
+    assert!(!app.backing.holds(marker).await, "content is stored in plaintext");
+    assert!(app.backing.readable(&id, marker).await);
     assert!(app.backing.has_recording(&id).await);
+    let key_id = app.backing.data_keys().await[id.as_str()].key_id.clone();
+    assert!(app.backing.key_store_mentions(&key_id).await);
 
     let (status, _) = app
         .call(Method::DELETE, &format!("/v2/conversations/{id}?hard=true"))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    // The key is gone from the key store's bytes before the 204 reached us.
+    assert!(
+        !app.backing.key_store_mentions(&key_id).await,
+        "the destroyed key is still stored"
+    );
     app.wait_for_jobs().await;
 
-    assert!(!app.backing.holds(marker).await, "the marker survives");
+    assert!(!app.backing.readable(&id, marker).await, "the marker survives");
+    assert!(!app.backing.data_keys().await.contains_key(&id));
     if app.backing.is_sqlite() {
         let left = files_containing(app.data_dir(), id.as_bytes());
         assert!(
@@ -66,15 +76,16 @@ async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
         .call(Method::GET, &format!("/v2/conversations/{keep}?verbose=true"))
         .await;
     assert!(other.to_string().contains(survivor));
-    assert!(app.backing.holds(survivor).await);
+    assert!(app.backing.readable(&keep, survivor).await);
+    assert!(!app.backing.holds(survivor).await);
 
     // Also after a restart (an embedded store replays its WAL on open): still gone.
     let backing = app.stop().await;
-    assert!(!backing.holds(marker).await);
+    assert!(!backing.readable(&id, marker).await);
 }
 
 #[tokio::test]
-async fn soft_delete_keeps_the_content_on_disk() {
+async fn soft_delete_keeps_the_content_and_its_key() {
     let app = TestApp::spawn().await;
     let marker = "MARKER-soft-2b8e";
     let id = app
@@ -83,8 +94,16 @@ async fn soft_delete_keeps_the_content_on_disk() {
     let (status, _) = app.call(Method::DELETE, &format!("/v2/conversations/{id}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.wait_for_jobs().await;
-    assert!(app.backing.holds(marker).await);
+    assert!(app.backing.readable(&id, marker).await);
     assert!(app.backing.has_recording(&id).await);
+    // The recording opens too: a restore brings everything back.
+    let recording = app
+        .backing
+        .readable_content(&id)
+        .await
+        .into_iter()
+        .any(|c| c.starts_with(b"RIFF"));
+    assert!(recording, "the recording does not open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,9 +126,13 @@ async fn erasure_holds_when_pages_split_and_merge_around_the_deleted_rows() {
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
     app.wait_for_jobs().await;
-    for i in 0..150 {
+    for (i, id) in ids.iter().enumerate() {
         let marker = format!("CTX-{i:04}-secret");
-        let found = app.backing.holds(&marker).await;
+        assert!(
+            !app.backing.holds(&marker).await,
+            "{marker} is stored in plaintext"
+        );
+        let found = app.backing.readable(id, &marker).await;
         if doomed.contains(&i) {
             assert!(!found, "{marker} of an erased conversation survives");
         } else {
@@ -139,9 +162,11 @@ async fn identical_calls_get_recordings_that_share_no_audio_and_erasing_one_spar
         !holds_a_run_of(&stays, audio),
         "the twin holds part of the other's audio"
     );
-    // The audio is in the blob store before: the check after the delete can fail.
-    let recording_key = |id: &str| format!("conversations/{id}/assets/recording.wav");
-    assert_eq!(blobs_holding(&app.backing, audio).await, [recording_key(&erased)]);
+    // At rest the audio is ciphertext; it opens under the conversation's key, so the check after
+    // the delete can fail.
+    assert_eq!(blobs_holding(&app.backing, audio).await, Vec::<String>::new());
+    let opened = app.backing.readable_content(&erased).await;
+    assert!(opened.contains(&gone), "the stored recording does not open");
 
     let (status, _) = app
         .call(Method::DELETE, &format!("/v2/conversations/{erased}?hard=true"))
@@ -150,6 +175,7 @@ async fn identical_calls_get_recordings_that_share_no_audio_and_erasing_one_spar
     app.wait_for_jobs().await;
 
     assert_eq!(blobs_holding(&app.backing, audio).await, Vec::<String>::new());
+    assert!(app.backing.readable_content(&erased).await.is_empty());
     if app.backing.is_sqlite() {
         // Nor in any other file: the database, its WAL, the blob folder.
         for at in [0, audio.len() / 2, audio.len() - RUN] {

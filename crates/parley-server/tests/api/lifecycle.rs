@@ -65,7 +65,14 @@ async fn create_returns_the_documented_fields_and_stores_every_create_field() {
             id,
         )
         .await;
-    let stored: Value = serde_json::from_str(&stored).unwrap();
+    // Sealed at rest; it opens under the conversation's key to exactly what was sent.
+    assert!(stored.starts_with("pe1:"), "{stored}");
+    let data_key = &app.backing.data_keys().await[id].key;
+    let aad = parley_keys::content_aad(
+        &parley_domain::ConversationId::parse(id).unwrap(),
+        "conversation.request_json",
+    );
+    let stored: Value = serde_json::from_str(&data_key.open_text(&aad, &stored).unwrap()).unwrap();
     let mut expected = body.clone();
     expected.as_object_mut().unwrap().remove("not_a_field");
     expected["audio_only"] = json!(false);
@@ -208,7 +215,12 @@ async fn end_produces_the_events_and_a_real_recording() {
         .get(&format!("conversations/{id}/assets/recording.wav"))
         .await
         .unwrap();
-    assert_eq!(wav, stored);
+    // Sealed at rest under the conversation's key, bound to where it is stored.
+    assert_ne!(wav, stored);
+    let data_key = &app.backing.data_keys().await[&id].key;
+    let field = format!("blob:conversations/{id}/assets/recording.wav");
+    let aad = parley_keys::content_aad(&parley_domain::ConversationId::parse(&id).unwrap(), &field);
+    assert_eq!(wav, data_key.open(&aad, &stored).unwrap());
     // 8 kHz, 16-bit mono: two bytes a sample, a second or more of call.
     assert!(wav.len() >= 44 + 16_000, "{}", wav.len());
 }

@@ -1,5 +1,7 @@
 //! Test harness: in-process servers, `parley` subprocesses, and readers of the on-disk state.
 
+pub mod keys;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +23,11 @@ use tempfile::TempDir;
 #[derive(Clone)]
 pub struct Backing {
     dir: Arc<TempDir>,
+    /// The master key file and, unless `key_store` is set, the slot file: apart from the data
+    /// directory, as the README asks.
+    keys: Arc<TempDir>,
+    /// A key database of its own (`postgres://…`), shared by every server on this state.
+    key_store: Option<String>,
     database_url: Option<String>,
     blob_url: Option<String>,
     s3_endpoint: Option<String>,
@@ -35,6 +42,27 @@ fn need(name: &str) -> String {
 
 fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
+}
+
+/// A fresh folder for a state's keys.
+fn key_dir() -> Arc<TempDir> {
+    Arc::new(tempfile::tempdir().expect("temp dir"))
+}
+
+/// A fresh database `PREFIX_<random>` on the test PostgreSQL server; its URL.
+async fn create_database(admin_url: &str, prefix: &str) -> String {
+    let name = format!("{prefix}_{}", random_suffix());
+    let admin = sqlx::PgPool::connect(admin_url)
+        .await
+        .expect("the test PostgreSQL answers");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let mut url = url::Url::parse(admin_url).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
 }
 
 impl Backing {
@@ -52,20 +80,13 @@ impl Backing {
         let admin_url = need("PARLEY_TEST_POSTGRES_URL");
         let bucket = need("PARLEY_TEST_S3_BUCKET");
         let endpoint = need("PARLEY_TEST_S3_ENDPOINT");
-        let name = format!("parley_test_{}", random_suffix());
-        let admin = sqlx::PgPool::connect(&admin_url)
-            .await
-            .expect("the test PostgreSQL answers");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&format!("/{name}"));
+        let keys = key_dir();
+        parley_keys::MasterKey::generate_file(&keys.path().join("master.key")).unwrap();
         Self {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
-            database_url: Some(url.to_string()),
+            keys,
+            key_store: Some(create_database(&admin_url, "parley_keys").await),
+            database_url: Some(create_database(&admin_url, "parley_test").await),
             blob_url: Some(format!("s3://{bucket}/test-{}", random_suffix())),
             s3_endpoint: Some(endpoint),
         }
@@ -76,6 +97,8 @@ impl Backing {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         Self {
             dir,
+            keys: key_dir(),
+            key_store: None,
             database_url: None,
             blob_url: None,
             s3_endpoint: None,
@@ -91,6 +114,8 @@ impl Backing {
         let dir = Arc::new(tempfile::tempdir_in(parent).expect("temp dir"));
         Self {
             dir,
+            keys: key_dir(),
+            key_store: None,
             database_url: None,
             blob_url: None,
             s3_endpoint: None,
@@ -105,6 +130,8 @@ impl Backing {
     pub fn postgres_with_local_blobs(database_url: String) -> Self {
         Self {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            keys: key_dir(),
+            key_store: None,
             database_url: Some(database_url),
             blob_url: None,
             s3_endpoint: None,
@@ -135,6 +162,8 @@ impl Backing {
     pub fn shared(database_url: String, blob_url: String, s3_endpoint: String) -> Self {
         Self {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            keys: key_dir(),
+            key_store: None,
             database_url: Some(database_url),
             blob_url: Some(blob_url),
             s3_endpoint: Some(s3_endpoint),
@@ -152,7 +181,10 @@ impl Backing {
 
     /// A server config on this state.
     pub fn config(&self) -> ServeConfig {
-        let mut config = ServeConfig::for_tests(self.data_dir().to_owned());
+        let mut config = ServeConfig::for_tests(self.data_dir().to_owned(), self.keys.path());
+        if let Some(url) = &self.key_store {
+            config.keys.key_store = url.clone();
+        }
         config.store.database_url = self.database_url.clone();
         config.blobs.blob_url = self.blob_url.clone();
         config.blobs.s3_endpoint = self.s3_endpoint.clone();
@@ -168,9 +200,26 @@ impl Backing {
         args
     }
 
+    /// The folder of this state's master key (and slot file, for the embedded key store).
+    pub fn key_dir(&self) -> &Path {
+        self.keys.path()
+    }
+
+    /// The flags that name this state's key store and master key.
+    pub fn key_args(&self) -> Vec<String> {
+        let config = self.config();
+        vec![
+            "--key-store".to_owned(),
+            config.keys.key_store,
+            "--master-key-file".to_owned(),
+            config.keys.master_key_file.display().to_string(),
+        ]
+    }
+
     /// The flags that point `parley serve` at this state.
     pub fn serve_args(&self) -> Vec<String> {
         let mut args = self.args();
+        args.extend(self.key_args());
         if let Some(url) = &self.blob_url {
             args.extend(["--blob-url".to_owned(), url.clone()]);
         }

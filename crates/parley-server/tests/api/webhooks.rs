@@ -251,7 +251,11 @@ async fn a_hard_delete_before_delivery_sends_no_content_but_still_the_shutdown()
         .await
             >= 2
     );
-    assert!(app.backing.holds(marker).await);
+    assert!(app.backing.readable(&ended, marker).await);
+    assert!(
+        !app.backing.holds(marker).await,
+        "a queued body is stored in plaintext"
+    );
 
     for id in [&ended, &live] {
         let (status, _) = app
@@ -268,7 +272,7 @@ async fn a_hard_delete_before_delivery_sends_no_content_but_still_the_shutdown()
         0
     );
     assert!(
-        !app.backing.holds(marker).await,
+        !app.backing.readable(&ended, marker).await,
         "the queued transcript is erased too"
     );
 
