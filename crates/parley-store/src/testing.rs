@@ -75,6 +75,7 @@ macro_rules! store_contract {
             delivery::concurrent_delivery_runners_send_each_conversation_in_order_one_at_a_time,
             delivery::listing_failed_deliveries_shows_those_given_up_and_those_waiting_to_retry,
             receipt::erasure_receipts_say_who_when_and_how_much_newest_first_per_account,
+            receipt::a_receipt_records_its_destroyed_key_once,
             copy::every_table_copies_into_a_fresh_store_row_for_row,
             copy::an_export_pages_by_key_and_visits_every_row_once,
             copy::an_import_rerun_after_a_partial_copy_completes_it,

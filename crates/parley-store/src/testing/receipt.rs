@@ -88,3 +88,53 @@ pub async fn erasure_receipts_say_who_when_and_how_much_newest_first_per_account
     )
     .await;
 }
+
+/// `record_key_destroyed`: the key id is written first and the time once the key is gone; what is
+/// recorded stays, and a conversation without a receipt records nothing.
+pub async fn a_receipt_records_its_destroyed_key_once<T: TestStore>(fresh: impl AsyncFn() -> T) {
+    let t = fresh().await;
+    let store = t.store();
+    let c = ended_call(&*store, "acme", T0).await;
+    let (receipt, _) = hard_delete(&*store, &c, at(10)).await;
+    assert_eq!((receipt.key_id, receipt.key_destroyed_at), (None, None));
+    let recorded = async || {
+        let receipts = store.list_receipts(None).await.expect("receipts");
+        let r = &receipts[0];
+        (r.key_id.clone(), r.key_destroyed_at)
+    };
+
+    let first = store
+        .record_key_destroyed(&c.id, Some("k0011223344556677"), None)
+        .await;
+    assert!(first.expect("record the key id"));
+    assert_eq!(recorded().await, (Some("k0011223344556677".into()), None));
+    let done = store.record_key_destroyed(&c.id, None, Some(at(11))).await;
+    assert!(done.expect("record the time"));
+    assert_eq!(recorded().await, (Some("k0011223344556677".into()), Some(at(11))));
+    // A second purge run changes nothing that was recorded.
+    let again = store
+        .record_key_destroyed(&c.id, Some("k8899aabbccddeeff"), Some(at(20)))
+        .await;
+    assert!(again.expect("record again"));
+    assert_eq!(recorded().await, (Some("k0011223344556677".into()), Some(at(11))));
+
+    let live = conversation("acme", T0);
+    seed(&*store, &live).await;
+    let none = store
+        .record_key_destroyed(&live.id, Some("k0011223344556677"), Some(at(12)))
+        .await;
+    assert!(!none.expect("no receipt"));
+    assert_eq!(store.list_receipts(None).await.expect("receipts").len(), 1);
+
+    finish(
+        t,
+        &[
+            (JobKind::Finalize, &c.id),
+            (JobKind::Purge, &c.id),
+            (JobKind::JoinReplica, &live.id),
+            (JobKind::MaxDurationTimer, &live.id),
+            (JobKind::AbsentTimer, &live.id),
+        ],
+    )
+    .await;
+}
