@@ -29,6 +29,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The key made on first start for the `default` account, if this start made one.
     pub initial_key: Option<String>,
+    /// The master key file made on first start, if this start made one.
+    pub new_master_key: Option<std::path::PathBuf>,
     state: AppState,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
@@ -74,9 +76,15 @@ pub fn load_master_key(config: &KeyConfig) -> anyhow::Result<Option<MasterKey>> 
     Ok(None)
 }
 
+/// An opened key store, and the master key file this start made, if it made one.
+pub struct OpenedKeys {
+    pub store: Arc<dyn KeyStore>,
+    pub new_master_key: Option<std::path::PathBuf>,
+}
+
 /// Opens the key store a key config names, creating the embedded one (and its master key) on
 /// first start.
-pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<Arc<dyn KeyStore>> {
+pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
     let master = load_master_key(config)?;
     match config.location() {
         KeyStoreLocation::SlotFile(path) if path.exists() => {
@@ -91,9 +99,13 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<Arc<dyn KeyStore>> 
             let store = SlotFileKeyStore::open(&path, master)
                 .await
                 .with_context(|| format!("opening the key store {}", path.display()))?;
-            Ok(Arc::new(store))
+            Ok(OpenedKeys {
+                store: Arc::new(store),
+                new_master_key: None,
+            })
         }
         KeyStoreLocation::SlotFile(path) => {
+            let mut new_master_key = None;
             let master = match master {
                 Some(master) => master,
                 None => {
@@ -112,6 +124,7 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<Arc<dyn KeyStore>> 
                         "made a new master key: back it up apart from the data and the key store; \
                          losing it loses every conversation (docs/KEYS.md)"
                     );
+                    new_master_key = Some(config.master_key_file.clone());
                     master
                 }
             };
@@ -122,7 +135,10 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<Arc<dyn KeyStore>> 
                 .await
                 .with_context(|| format!("creating the key store {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the key store");
-            Ok(Arc::new(store))
+            Ok(OpenedKeys {
+                store: Arc::new(store),
+                new_master_key,
+            })
         }
         KeyStoreLocation::Postgres(url) => {
             let master = master.with_context(|| {
@@ -135,7 +151,10 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<Arc<dyn KeyStore>> 
             let store = PgKeyStore::connect(&url, master)
                 .await
                 .context("connecting to the key database")?;
-            Ok(Arc::new(store))
+            Ok(OpenedKeys {
+                store: Arc::new(store),
+                new_master_key: None,
+            })
         }
     }
 }
@@ -201,7 +220,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     };
     let store = with_room(&disk, || open_store(&config.store)).await?;
     let keys = open_keys(&config.keys).await?;
-    let store = Arc::new(SealedStore::new(store, keys));
+    let store = Arc::new(SealedStore::new(store, keys.store));
     if lock.is_some() {
         // We hold the database's lock, so any lease in the job table belongs to a dead process.
         let released = with_room(&disk, || async { Ok(store.release_all_leases().await?) }).await?;
@@ -270,6 +289,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     Ok(Server {
         addr,
         initial_key,
+        new_master_key: keys.new_master_key,
         state,
         stop,
         http,

@@ -34,6 +34,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let data_dir = config.store.data_dir.clone();
     let server = parley_server::start(config).await?;
+    if let Some(path) = &server.new_master_key {
+        eprintln!(
+            "parley: made a master key in {} (back it up apart from the data and the key store, never beside them; see docs/KEYS.md)",
+            path.display()
+        );
+    }
     if let Some(key) = &server.initial_key {
         eprintln!(
             "parley: created account \"default\" with API key {key} (shown once; send it as x-api-key; more: parley keys create --account NAME)"
