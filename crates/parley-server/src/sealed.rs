@@ -99,7 +99,8 @@ impl SealedStore {
         Ok(())
     }
 
-    fn seal_conversation(key: &DataKey, c: &Conversation) -> Conversation {
+    /// The conversation with its content fields sealed under `key`.
+    pub fn seal_conversation(key: &DataKey, c: &Conversation) -> Conversation {
         let seal = |field: &str, value: &str| key.seal_text(&content_aad(&c.id, field), value);
         let mut sealed = c.clone();
         sealed.conversation_name = c.conversation_name.as_deref().map(|v| seal(NAME, v));
@@ -109,7 +110,8 @@ impl SealedStore {
         sealed
     }
 
-    fn open_conversation(key: Option<&ConversationKey>, mut c: Conversation) -> Conversation {
+    /// The conversation with its content fields opened; those that do not open are empty.
+    pub fn open_conversation(key: Option<&ConversationKey>, mut c: Conversation) -> Conversation {
         let id = c.id.clone();
         let open = |field: &str, value: Option<String>| -> Option<String> {
             let value = value?;
@@ -134,7 +136,8 @@ impl SealedStore {
         Ok(Self::open_conversation(key.as_ref(), c))
     }
 
-    fn seal_event(key: &DataKey, id: &ConversationId, event: &Event) -> Event {
+    /// The event with its properties sealed, if it carries content.
+    pub fn seal_event(key: &DataKey, id: &ConversationId, event: &Event) -> Event {
         if !event.event_type.carries_content() {
             return event.clone();
         }
@@ -148,7 +151,7 @@ impl SealedStore {
 
     /// Opens sealed properties; `None` when they cannot be opened. Properties that were never
     /// sealed (events without content) are returned as they are.
-    fn open_properties(
+    pub fn open_properties(
         key: Option<&DataKey>,
         id: &ConversationId,
         event_type: &str,
