@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{Backing, TestApp, files_containing};
+use crate::support::{Backing, Receiver, TestApp, files_containing};
 
 /// The shortest shared run that counts: 32 samples of 16-bit audio.
 const RUN: usize = 64;
@@ -82,6 +82,65 @@ async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
     // Also after a restart (an embedded store replays its WAL on open): still gone.
     let backing = app.stop().await;
     assert!(!backing.readable(&id, marker).await);
+}
+
+#[tokio::test]
+async fn every_content_field_is_ciphertext_at_rest_and_plaintext_through_the_api() {
+    let app = TestApp::spawn().await;
+    // The receiver never answers: the webhook bodies stay queued, sealed, in the delivery table.
+    let port = Receiver::reserve_port().await;
+    let m = |field: &str| format!("AT-REST-{field}-9c41");
+    let id = app
+        .ended(json!({
+            "persona_id": "pdac61133ac5",
+            "conversation_name": m("name"),
+            "conversational_context": m("context"),
+            "custom_greeting": m("greeting"),
+            "callback_url": format!("http://127.0.0.1:{port}/hook"),
+            "properties": { "enable_recording": true, "language": "english" },
+        }))
+        .await;
+    app.wait_for_jobs().await;
+    let db = app.db().await;
+    let queued = db
+        .count(
+            "SELECT COUNT(*) FROM delivery WHERE conversation_id = ? AND CAST(carries_content AS INTEGER) = 1",
+            &id,
+        )
+        .await;
+    assert!(queued >= 2, "content deliveries queued: {queued}");
+    db.close().await;
+
+    // Through the API, everything reads as sent.
+    let (_, got) = app
+        .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
+        .await;
+    assert_eq!(got["conversation_name"], m("name"));
+    let events = got["events"].to_string();
+    assert!(events.contains(&m("context")), "{events}");
+    let wav = recording(&app, &id).await;
+
+    // At rest: no marker in any file (database, WAL, blobs) or any row and object.
+    for field in ["name", "context", "greeting"] {
+        assert!(
+            !app.backing.holds(&m(field)).await,
+            "{field} is stored in plaintext"
+        );
+        // Each sits in the sealed content, under the conversation's key: the check can fail.
+        assert!(
+            app.backing.readable(&id, &m(field)).await,
+            "{field} does not open"
+        );
+    }
+    let audio = wav_data(&wav);
+    assert_eq!(blobs_holding(&app.backing, audio).await, Vec::<String>::new());
+    if app.backing.is_sqlite() {
+        let run = &audio[audio.len() / 2..audio.len() / 2 + RUN];
+        assert!(files_containing(app.data_dir(), run).is_empty());
+    }
+    // The opened content holds the queued webhook bodies' transcript and the recording.
+    let opened = app.backing.readable_content(&id).await;
+    assert!(opened.contains(&wav), "the recording does not open");
 }
 
 #[tokio::test]
