@@ -194,7 +194,7 @@ PARLEY_STARTS=0
 # Starts parley on the data dir (the first start makes the account and its key).
 start_parley() {
     local name=parley-$((++PARLEY_STARTS))
-    start_server "$name" env NO_COLOR=1 "$PARLEY" serve --data-dir "$DATA" --listen 127.0.0.1:0 \
+    start_server "$name" env NO_COLOR=1 "$PARLEY" serve --data-dir "$DATA" --key-store "$WORK/keys/keys.slots" --master-key-file "$WORK/master.key" --listen 127.0.0.1:0 \
         --max-concurrent-conversations 1000000 --replica-join-delay 0s --log warn
     PARLEY_ADDR=$ADDR
     PARLEY_PID=$PID
