@@ -73,7 +73,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `GET /health`: 200 while the database answers and writes work, 503 (with `Retry-After`) otherwise.
+/// `GET /health`: 200 while the database and the key store answer and writes work, 503 (with
+/// `Retry-After`) otherwise.
 ///
 /// Writes are known to work unless one failed for lack of space; only then does this write (a
 /// tiny probe, at most once a second) to learn whether they work again. See `disk`.
@@ -85,6 +86,7 @@ async fn health(
         .check_writable(state.store.as_ref(), &state.blobs)
         .await?;
     state.store.has_accounts().await?;
+    state.store.key_store_answers().await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok" })))
 }
 

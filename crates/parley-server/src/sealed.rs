@@ -46,6 +46,12 @@ fn blob_field(blob_key: &str) -> String {
 pub fn key_error(e: KeyError) -> StoreError {
     match e {
         KeyError::Unavailable(why) => StoreError::Unavailable(format!("key store: {why}")),
+        // Nothing is known about what reached the disk after a failed sync: the store refuses
+        // everything until a restart reopens it, which operators learn from the 503s and the log.
+        KeyError::Stopped(why) => {
+            tracing::error!(error = %why, "the key store stopped after a failed write; restart parley");
+            StoreError::Unavailable("key store stopped after a failed write; restart the server".into())
+        }
         KeyError::Io { ref source, .. }
             if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) =>
         {
@@ -80,6 +86,13 @@ impl SealedStore {
     /// The conversation's data key, if it still has one.
     pub async fn key(&self, id: &ConversationId) -> StoreResult<Option<ConversationKey>> {
         self.keys.get(id).await.map_err(key_error)
+    }
+
+    /// Whether the key store answers: one lookup of an id no conversation has (for `/health`).
+    pub async fn key_store_answers(&self) -> StoreResult<()> {
+        let nobody = ConversationId::from_random([0; 8]);
+        self.keys.get(&nobody).await.map_err(key_error)?;
+        Ok(())
     }
 
     /// Destroys a hard-deleted conversation's data key and records it on the erasure receipt.
