@@ -210,20 +210,24 @@ pub async fn receipts(store: StoreConfig, account: Option<String>) -> anyhow::Re
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<34} {:<16} {:<28} {:<18} {:>6} {:>6} {:>12}",
-        "CONVERSATION_ID", "ACCOUNT", "ERASED_AT", "REASON", "EVENTS", "ASSETS", "ASSET_BYTES"
+        "{:<34} {:<16} {:<28} {:<18} {:>6} {:>6} {:>12} {:<18} KEY_DESTROYED_AT",
+        "CONVERSATION_ID", "ACCOUNT", "ERASED_AT", "REASON", "EVENTS", "ASSETS", "ASSET_BYTES", "KEY_ID"
     )?;
     for r in receipts {
+        // A key destroyed before the receipt could name it (or a store from before keys) shows `-`.
         writeln!(
             out,
-            "{:<34} {:<16} {:<28} {:<18} {:>6} {:>6} {:>12}",
+            "{:<34} {:<16} {:<28} {:<18} {:>6} {:>6} {:>12} {:<18} {}",
             r.conversation_id.as_str(),
             r.account,
             r.erased_at.to_string(),
             r.reason,
             r.events,
             r.assets,
-            r.asset_bytes
+            r.asset_bytes,
+            r.key_id.as_deref().unwrap_or("-"),
+            r.key_destroyed_at
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
         )?;
     }
     Ok(())

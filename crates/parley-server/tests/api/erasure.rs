@@ -62,6 +62,13 @@ async fn hard_delete_leaves_no_trace_of_the_content_in_any_file() {
 
     assert!(!app.backing.readable(&id, marker).await, "the marker survives");
     assert!(!app.backing.data_keys().await.contains_key(&id));
+    // The receipt names the destroyed key and when it went, and holds no content.
+    let receipts = app.backing.cli(&["receipts"]);
+    let line = receipts.lines().find(|l| l.contains(&id)).expect("a receipt");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[7], key_id, "{line}");
+    assert!(fields[8].ends_with('Z'), "{line}");
+    assert!(!receipts.contains(marker));
     if app.backing.is_sqlite() {
         let left = files_containing(app.data_dir(), id.as_bytes());
         assert!(
