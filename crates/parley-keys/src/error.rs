@@ -16,6 +16,20 @@ pub enum KeyError {
     /// The conversation already has a data key; a second would orphan content sealed under the first.
     #[error("conversation {0} already has a data key")]
     AlreadyExists(ConversationId),
+    /// An imported key's conversation already holds another key: the two stores are not copies
+    /// of one another.
+    #[error(
+        "conversation {conversation} already holds data key {held}, which is not the imported key \
+         {given}: this key store holds keys of another store"
+    )]
+    ImportConflict {
+        /// Whose key.
+        conversation: ConversationId,
+        /// The key the store holds.
+        held: KeyId,
+        /// The key given (its id may be the same with other bytes).
+        given: KeyId,
+    },
     /// The store's keys are wrapped under another master key.
     #[error(
         "wrong master key: this key store's keys are wrapped under master key {store}, \

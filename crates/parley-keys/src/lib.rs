@@ -34,6 +34,6 @@ pub use postgres::PgKeyStore;
 pub use seal::{DataKey, OpenError, SEALED_TEXT_PREFIX, SEALED_VERSION, content_aad, is_sealed_text};
 pub use slot_file::SlotFileKeyStore;
 pub use store::{
-    ConversationKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase, RotationProgress,
-    UnfinishedRotation,
+    ConversationKey, ImportedKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase,
+    RotationProgress, UnfinishedRotation,
 };

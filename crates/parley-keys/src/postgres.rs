@@ -27,6 +27,7 @@
 //! from the switch on they cannot create keys ([`KeyError::RotatedOut`]), so restart them with
 //! the new key as soon as the rotation has switched.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,8 +43,8 @@ use crate::id::KeyId;
 use crate::master::{MasterKey, MasterKeyId};
 use crate::seal::DataKey;
 use crate::store::{
-    ConversationKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase, RotationProgress,
-    UnfinishedRotation,
+    ConversationKey, ImportedKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase,
+    RotationProgress, UnfinishedRotation,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -149,6 +150,26 @@ impl PgKeyStore {
 
     fn current(&self) -> MasterKey {
         self.keys.read().expect("keys lock").current.clone()
+    }
+
+    /// The master keys a new row is wrapped under, given the header a create or import locked:
+    /// the store's, and the rotation's target when this process is the one rotating.
+    fn wrapping_keys(&self, header: Header) -> KeyResult<(MasterKey, Option<MasterKey>)> {
+        let (current, next) = {
+            let keys = self.keys.read().expect("keys lock");
+            (keys.current.clone(), keys.next.clone())
+        };
+        if header.master != current.id() {
+            return Err(header.mismatch(current.id()));
+        }
+        let next = next.filter(|n| {
+            header.rotation
+                == Some(UnfinishedRotation::Rewrapping {
+                    from: current.id(),
+                    to: n.id(),
+                })
+        });
+        Ok((current, next))
     }
 
     async fn rewrap_pass(&self, target: MasterKeyId, progress: Progress<'_>) -> KeyResult<()> {
@@ -343,20 +364,7 @@ impl KeyStore for PgKeyStore {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // Shared with other creates, exclusive with a rotation's switch (see the module docs).
         let header = lock_header(&mut tx, "FOR SHARE").await?;
-        let (current, next) = {
-            let keys = self.keys.read().expect("keys lock");
-            (keys.current.clone(), keys.next.clone())
-        };
-        if header.master != current.id() {
-            return Err(header.mismatch(current.id()));
-        }
-        let next = next.filter(|n| {
-            header.rotation
-                == Some(UnfinishedRotation::Rewrapping {
-                    from: current.id(),
-                    to: n.id(),
-                })
-        });
+        let (current, next) = self.wrapping_keys(header)?;
         let mut made = Vec::with_capacity(conversations.len());
         let mut columns: [Vec<Option<Vec<u8>>>; 2] = Default::default();
         let (mut ids, mut key_ids, mut other_ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -394,6 +402,93 @@ impl KeyStore for PgKeyStore {
         }
         tx.commit().await.map_err(map_err)?;
         Ok(made)
+    }
+
+    async fn import(&self, imported: &[ImportedKey]) -> KeyResult<u64> {
+        // The same conversation twice in one batch: fine only as the same key.
+        let mut batch: HashMap<&str, &ImportedKey> = HashMap::with_capacity(imported.len());
+        for new in imported {
+            if let Some(first) = batch.insert(new.conversation_id.as_str(), new)
+                && !same_key(&first.key, &new.key)
+            {
+                return Err(import_conflict(first.key.key_id, new));
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // As a create: shared with creates, exclusive with a rotation's switch.
+        let header = lock_header(&mut tx, "FOR SHARE").await?;
+        let (current, next) = self.wrapping_keys(header)?;
+        let unique: Vec<&ImportedKey> = batch.values().copied().collect();
+        let mut columns: [Vec<Option<Vec<u8>>>; 2] = Default::default();
+        let (mut ids, mut key_ids, mut created, mut other_ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in &unique {
+            let (conversation, key_id) = (&k.conversation_id, k.key.key_id);
+            ids.push(conversation.as_str());
+            key_ids.push(key_id.to_string());
+            created.push(k.created_at.as_micros());
+            columns[0].push(Some(current.wrap_key(conversation, key_id, &k.key.key)));
+            columns[1].push(
+                next.as_ref()
+                    .map(|n| n.wrap_key(conversation, key_id, &k.key.key)),
+            );
+            other_ids.push(next.as_ref().map(|n| n.id().to_string()));
+        }
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO data_key (conversation_id, data_key_id, created_at, master_key_id, wrapped, \
+             other_master_key_id, other_wrapped) \
+             SELECT c, k, t, $4, w, o, ow FROM UNNEST($1::text[], $2::text[], $3::bigint[], $5::bytea[], \
+             $6::text[], $7::bytea[]) AS u(c, k, t, w, o, ow) \
+             ON CONFLICT (conversation_id) DO NOTHING RETURNING conversation_id",
+        )
+        .bind(&ids)
+        .bind(&key_ids)
+        .bind(&created)
+        .bind(current.id().to_string())
+        .bind(&columns[0])
+        .bind(&other_ids)
+        .bind(&columns[1])
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => KeyError::Database(format!(
+                "an imported key's id is already another conversation's key: {db}"
+            )),
+            e => map_err(e),
+        })?;
+        // Those already there must hold the same key, or the stores are not copies of each other.
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let held: Vec<&str> = ids.iter().copied().filter(|id| !inserted.contains(*id)).collect();
+        if !held.is_empty() {
+            let rows = sqlx::query(
+                "SELECT conversation_id, data_key_id, master_key_id, wrapped, other_master_key_id, \
+                 other_wrapped FROM data_key WHERE conversation_id = ANY($1)",
+            )
+            .bind(&held)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            for row in &rows {
+                let stored = StoredKey::from_row(row)?;
+                let wrapped = stored
+                    .wrap_under(current.id())
+                    .ok_or_else(|| stored.unwrap_error(&current))?;
+                let key = current
+                    .unwrap_key(&stored.conversation, stored.key_id, wrapped)
+                    .map_err(|_| stored.unwrap_error(&current))?;
+                let held = ConversationKey {
+                    key_id: stored.key_id,
+                    key,
+                };
+                let new = batch[stored.conversation.as_str()];
+                if !same_key(&held, &new.key) {
+                    // Dropping the transaction rolls the whole batch back.
+                    return Err(import_conflict(held.key_id, new));
+                }
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(inserted.len() as u64)
     }
 
     async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>> {
@@ -557,6 +652,18 @@ impl PgKeyStore {
             Some(conversation) => KeyError::AlreadyExists(conversation),
             None => KeyError::Database("a key insert conflicted with nothing".into()),
         }
+    }
+}
+
+fn same_key(a: &ConversationKey, b: &ConversationKey) -> bool {
+    a.key_id == b.key_id && a.key.expose_bytes() == b.key.expose_bytes()
+}
+
+fn import_conflict(held: KeyId, new: &ImportedKey) -> KeyError {
+    KeyError::ImportConflict {
+        conversation: new.conversation_id.clone(),
+        held,
+        given: new.key.key_id,
     }
 }
 

@@ -37,7 +37,7 @@ pub mod layout;
 mod index;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::ops::ControlFlow;
@@ -55,7 +55,8 @@ use crate::id::KeyId;
 use crate::master::{MasterKey, MasterKeyId};
 use crate::seal::DataKey;
 use crate::store::{
-    ConversationKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase, RotationProgress,
+    ConversationKey, ImportedKey, KeyInfo, KeyStore, KeyStoreStatus, Progress, RotationPhase,
+    RotationProgress,
 };
 
 /// Slots read per `read_at` when scanning: 4 MiB.
@@ -194,6 +195,11 @@ impl KeyStore for SlotFileKeyStore {
     ) -> KeyResult<Vec<ConversationKey>> {
         let conversations = conversations.to_vec();
         self.run(move |inner| inner.create(&conversations, now)).await
+    }
+
+    async fn import(&self, keys: &[ImportedKey]) -> KeyResult<u64> {
+        let keys = keys.to_vec();
+        self.run(move |inner| inner.import(&keys)).await
     }
 
     async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>> {
@@ -377,15 +383,71 @@ impl Inner {
                 }
             }
         }
-        let mut made = Vec::with_capacity(conversations.len());
-        let mut placed = Vec::with_capacity(conversations.len());
-        for conversation in conversations {
-            let (key_id, key) = (KeyId::random(), DataKey::generate());
-            let current = keys.current.wrap_key(conversation, key_id, &key);
+        let made: Vec<ImportedKey> = conversations
+            .iter()
+            .map(|conversation| ImportedKey {
+                conversation_id: conversation.clone(),
+                key: ConversationKey {
+                    key_id: KeyId::random(),
+                    key: DataKey::generate(),
+                },
+                created_at: now,
+            })
+            .collect();
+        self.place(&mut writer, &keys, made.iter())?;
+        Ok(made.into_iter().map(|k| k.key).collect())
+    }
+
+    fn import(&self, imported: &[ImportedKey]) -> KeyResult<u64> {
+        let mut writer = self.lock_writer()?;
+        let keys = self.keys.read().expect("keys lock");
+        let mut batch: HashMap<&str, &ImportedKey> = HashMap::with_capacity(imported.len());
+        let mut todo = Vec::with_capacity(imported.len());
+        {
+            let index = self.index.read().expect("index lock");
+            for new in imported {
+                let conversation = &new.conversation_id;
+                if let Some(first) = batch.insert(conversation.as_str(), new) {
+                    // The same conversation twice in one batch: fine only as the same key.
+                    if !same_key(&first.key, &new.key) {
+                        return Err(import_conflict(first.key.key_id, new));
+                    }
+                    continue;
+                }
+                let Some((_, bytes)) = self.find(&index, conversation.as_str())? else {
+                    todo.push(new);
+                    continue;
+                };
+                let SlotRead::Live(view) = layout::decode_slot(&bytes) else {
+                    unreachable!("find returns live slots only");
+                };
+                let held = unwrap_slot(&keys.current, conversation, &view)?;
+                if !same_key(&held, &new.key) {
+                    return Err(import_conflict(held.key_id, new));
+                }
+            }
+        }
+        self.place(&mut writer, &keys, todo.iter().copied())?;
+        Ok(todo.len() as u64)
+    }
+
+    /// Writes each key to a free slot (wrapped under the current master key, and the rotation's
+    /// target if this process rotates), syncs once, then indexes them. The caller holds the
+    /// writer lock and has checked that none of the conversations has a key.
+    fn place<'a>(
+        &self,
+        writer: &mut Writer,
+        keys: &Keys,
+        new: impl Iterator<Item = &'a ImportedKey>,
+    ) -> KeyResult<()> {
+        let mut placed = Vec::new();
+        for k in new {
+            let (conversation, key_id) = (&k.conversation_id, k.key.key_id);
+            let current = keys.current.wrap_key(conversation, key_id, &k.key.key);
             let next = keys
                 .next
                 .as_ref()
-                .map(|next| (next.id(), next.wrap_key(conversation, key_id, &key)));
+                .map(|next| (next.id(), next.wrap_key(conversation, key_id, &k.key.key)));
             let mut wraps = vec![Wrap {
                 master: keys.current.id(),
                 wrapped: &current,
@@ -393,13 +455,15 @@ impl Inner {
             if let Some((id, wrapped)) = &next {
                 wraps.push(Wrap { master: *id, wrapped });
             }
-            let bytes = layout::encode_slot(conversation, key_id, now.as_micros(), &wraps);
-            let slot = self.allocate(&mut writer)?;
+            let bytes = layout::encode_slot(conversation, key_id, k.created_at.as_micros(), &wraps);
+            let slot = self.allocate(writer)?;
             self.durable("writing a new key", || {
                 self.file.write_all_at(&bytes, layout::slot_offset(slot))
             })?;
             placed.push((conversation, slot));
-            made.push(ConversationKey { key_id, key });
+        }
+        if placed.is_empty() {
+            return Ok(());
         }
         self.durable("syncing new keys", || self.file.sync_data())?;
         let mut index = self.index.write().expect("index lock");
@@ -407,7 +471,7 @@ impl Inner {
             let hash = index.hash(conversation.as_str());
             index.insert(hash, slot);
         }
-        Ok(made)
+        Ok(())
     }
 
     fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>> {
@@ -423,20 +487,7 @@ impl Inner {
         let SlotRead::Live(view) = layout::decode_slot(&bytes) else {
             unreachable!("find returns live slots only");
         };
-        let master = &keys.current;
-        let unwrap_error = || KeyError::Unwrap {
-            conversation: conversation.clone(),
-            key_id: view.key_id,
-            master: master.id(),
-        };
-        let wrapped = view.wrap_under(master.id()).ok_or_else(unwrap_error)?;
-        let key = master
-            .unwrap_key(conversation, view.key_id, wrapped)
-            .map_err(|_| unwrap_error())?;
-        Ok(Some(ConversationKey {
-            key_id: view.key_id,
-            key,
-        }))
+        unwrap_slot(&keys.current, conversation, &view).map(Some)
     }
 
     fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>> {
@@ -661,6 +712,39 @@ impl Inner {
         writer.free.extend((writer.slot_count..count).map(Reverse));
         writer.slot_count = count;
         Ok(writer.free.pop().expect("just grew").0)
+    }
+}
+
+/// The data key a live slot holds, unwrapped with `master`.
+fn unwrap_slot(
+    master: &MasterKey,
+    conversation: &ConversationId,
+    view: &SlotView<'_>,
+) -> KeyResult<ConversationKey> {
+    let unwrap_error = || KeyError::Unwrap {
+        conversation: conversation.clone(),
+        key_id: view.key_id,
+        master: master.id(),
+    };
+    let wrapped = view.wrap_under(master.id()).ok_or_else(unwrap_error)?;
+    let key = master
+        .unwrap_key(conversation, view.key_id, wrapped)
+        .map_err(|_| unwrap_error())?;
+    Ok(ConversationKey {
+        key_id: view.key_id,
+        key,
+    })
+}
+
+fn same_key(a: &ConversationKey, b: &ConversationKey) -> bool {
+    a.key_id == b.key_id && a.key.expose_bytes() == b.key.expose_bytes()
+}
+
+fn import_conflict(held: KeyId, new: &ImportedKey) -> KeyError {
+    KeyError::ImportConflict {
+        conversation: new.conversation_id.clone(),
+        held,
+        given: new.key.key_id,
     }
 }
 

@@ -27,6 +27,28 @@ impl std::fmt::Debug for ConversationKey {
     }
 }
 
+/// A data key to put into a store as it is, with its id and creation time: for copying keys from
+/// one store to another.
+#[derive(Clone)]
+pub struct ImportedKey {
+    /// Whose key.
+    pub conversation_id: ConversationId,
+    /// The key and its id, kept as they are.
+    pub key: ConversationKey,
+    /// When the key was first made, kept as it is.
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for ImportedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedKey")
+            .field("conversation_id", &self.conversation_id)
+            .field("key_id", &self.key.key_id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A key as listed for a cross-check: never its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -131,6 +153,19 @@ pub trait KeyStore: Send + Sync {
         }
         Ok(keys)
     }
+
+    /// Puts known keys into the store (wrapped under its master key), keeping their ids and
+    /// creation times: for copying a key store. Durable before it returns; returns how many were
+    /// written.
+    ///
+    /// Idempotent, so a copy that was killed finishes when run again: a key already held with
+    /// the same id and bytes is skipped. A conversation that holds another key fails the whole
+    /// batch with [`KeyError::ImportConflict`] and nothing of it is written. A batch is written
+    /// whole or, after a crash, in part (which a rerun completes).
+    ///
+    /// It knows nothing of destroyed keys: importing a key brings it back, so the caller imports
+    /// only keys of conversations that exist.
+    async fn import(&self, keys: &[ImportedKey]) -> KeyResult<u64>;
 
     /// The conversation's key: `None` once destroyed, or if it never had one.
     async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>>;

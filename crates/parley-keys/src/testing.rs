@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parley_domain::{ConversationId, Timestamp};
 
 use crate::{
-    DataKey, KeyError, KeyId, KeyInfo, KeyResult, KeyStore, MasterKey, RotationPhase, RotationProgress,
-    UnfinishedRotation, content_aad,
+    ConversationKey, DataKey, ImportedKey, KeyError, KeyId, KeyInfo, KeyResult, KeyStore, MasterKey,
+    RotationPhase, RotationProgress, UnfinishedRotation, content_aad,
 };
 
 /// Expands to one `#[tokio::test]` per contract test, each on a fixture of its own.
@@ -40,6 +40,9 @@ macro_rules! key_store_contract {
             a_rotation_interrupted_while_rewrapping_resumes_and_rewraps_keys_made_meanwhile,
             a_rotation_interrupted_after_the_switch_is_finished_with_the_new_master_key,
             rotating_to_the_master_key_in_use_changes_nothing,
+            imported_keys_keep_their_ids_bytes_and_creation_times,
+            importing_again_skips_keys_already_there_and_refuses_another_key,
+            keys_imported_during_an_interrupted_rotation_are_rewrapped_when_it_resumes,
         );
     };
     (@each $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -146,6 +149,26 @@ async fn make_keys(store: &dyn KeyStore, n: usize) -> BTreeMap<ConversationId, (
         .into_iter()
         .zip(keys)
         .map(|(c, k)| (c, (k.key_id, k.key)))
+        .collect()
+}
+
+/// Keys made outside any store, as another store would hand them over: created a second apart.
+fn keys_to_import(n: usize) -> Vec<ImportedKey> {
+    (0..n)
+        .map(|i| ImportedKey {
+            conversation_id: fresh_conversation(),
+            key: ConversationKey {
+                key_id: KeyId::random(),
+                key: DataKey::generate(),
+            },
+            created_at: T0.plus_secs(i as i64),
+        })
+        .collect()
+}
+
+fn as_expected(keys: &[ImportedKey]) -> BTreeMap<ConversationId, (KeyId, DataKey)> {
+    keys.iter()
+        .map(|k| (k.conversation_id.clone(), (k.key.key_id, k.key.key.clone())))
         .collect()
 }
 
@@ -592,6 +615,159 @@ pub async fn rotating_to_the_master_key_in_use_changes_nothing<F: KeyStoreFixtur
     );
     assert_keys(&*store, &keys).await;
     assert_copies(&f, &keys, &master, &MasterKey::generate()).await;
+    drop(store);
+    f.tear_down().await;
+}
+
+/// An import puts the very keys given into the store, under its own master key, durably.
+pub async fn imported_keys_keep_their_ids_bytes_and_creation_times<F: KeyStoreFixture>(f: F) {
+    let master = MasterKey::generate();
+    let store = open(&f, &master).await;
+    let made = make_keys(&*store, 3).await;
+    let imported = keys_to_import(300);
+    assert_eq!(store.import(&imported).await.unwrap(), 300);
+
+    let mut expected = as_expected(&imported);
+    assert_keys(&*store, &expected).await;
+    let first = &imported[0];
+    let aad = content_aad(&first.conversation_id, "conversation.request_json");
+    let sealed = first.key.key.seal(&aad, b"sealed before the copy");
+    let got = store.get(&first.conversation_id).await.unwrap().unwrap();
+    assert_eq!(got.key.open(&aad, &sealed).unwrap(), b"sealed before the copy");
+    let listed: BTreeMap<_, _> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.conversation_id.clone(), k))
+        .collect();
+    for k in &imported {
+        let info = &listed[&k.conversation_id];
+        assert_eq!((info.key_id, info.created_at), (k.key.key_id, k.created_at));
+    }
+    assert_eq!(store.status().await.unwrap().keys, 303);
+    drop(store);
+
+    let store = open(&f, &master).await;
+    expected.extend(made);
+    assert_keys(&*store, &expected).await;
+    // One copy per key, wrapped under this store's master key only.
+    assert_copies(&f, &expected, &master, &MasterKey::generate()).await;
+    drop(store);
+    f.tear_down().await;
+}
+
+/// Rerunning an import skips what is there; a conversation holding another key fails the batch,
+/// which then writes nothing.
+pub async fn importing_again_skips_keys_already_there_and_refuses_another_key<F: KeyStoreFixture>(f: F) {
+    let master = MasterKey::generate();
+    let store = open(&f, &master).await;
+    let imported = keys_to_import(20);
+    assert_eq!(store.import(&imported[..10]).await.unwrap(), 10);
+    assert_eq!(store.import(&imported).await.unwrap(), 10, "only the new half");
+    assert_eq!(store.import(&imported).await.unwrap(), 0);
+    // The same key twice in one batch counts once.
+    let twice = keys_to_import(1);
+    let doubled = [twice[0].clone(), twice[0].clone()];
+    assert_eq!(store.import(&doubled).await.unwrap(), 1);
+
+    let held = &imported[3];
+    let stranger = keys_to_import(1).remove(0);
+    let refused = |given: ImportedKey, expected: KeyId| {
+        let store = Arc::clone(&store);
+        let stranger = stranger.clone();
+        async move {
+            let err = store.import(&[stranger, given.clone()]).await.unwrap_err();
+            assert!(
+                matches!(&err, KeyError::ImportConflict { conversation, held, given: g }
+                    if *conversation == given.conversation_id && *held == expected && *g == given.key.key_id),
+                "{err}"
+            );
+        }
+    };
+    // Another key id for a conversation that has a key.
+    refused(
+        ImportedKey {
+            key: ConversationKey {
+                key_id: KeyId::random(),
+                key: held.key.key.clone(),
+            },
+            ..held.clone()
+        },
+        held.key.key_id,
+    )
+    .await;
+    // The same id with other bytes.
+    refused(
+        ImportedKey {
+            key: ConversationKey {
+                key_id: held.key.key_id,
+                key: DataKey::generate(),
+            },
+            ..held.clone()
+        },
+        held.key.key_id,
+    )
+    .await;
+    // A key made here by `create`, and another one imported for the same conversation.
+    let conversation = fresh_conversation();
+    let created = store.create(&conversation, T0).await.unwrap();
+    refused(
+        ImportedKey {
+            conversation_id: conversation.clone(),
+            ..keys_to_import(1).remove(0)
+        },
+        created.key_id,
+    )
+    .await;
+    // Two different keys for one conversation in one batch.
+    let other = ImportedKey {
+        key: ConversationKey {
+            key_id: KeyId::random(),
+            key: DataKey::generate(),
+        },
+        ..stranger.clone()
+    };
+    let err = store.import(&[stranger.clone(), other]).await.unwrap_err();
+    assert!(matches!(err, KeyError::ImportConflict { .. }), "{err}");
+
+    assert!(
+        store.get(&stranger.conversation_id).await.unwrap().is_none(),
+        "a refused batch wrote nothing"
+    );
+    let mut expected = as_expected(&imported);
+    expected.extend(as_expected(&twice));
+    expected.insert(conversation, (created.key_id, created.key));
+    assert_keys(&*store, &expected).await;
+    assert_eq!(store.status().await.unwrap().keys, expected.len() as u64);
+    drop(store);
+    f.tear_down().await;
+}
+
+/// Keys imported while a rotation is half done (by a process that does not hold the new master
+/// key) are rewrapped when it resumes, like keys created meanwhile.
+pub async fn keys_imported_during_an_interrupted_rotation_are_rewrapped_when_it_resumes<
+    F: KeyStoreFixture,
+>(
+    f: F,
+) {
+    let (old, new) = (MasterKey::generate(), MasterKey::generate());
+    let store = open(&f, &old).await;
+    let mut keys = make_keys(&*store, ROTATION_KEYS).await;
+    let stop = |_: RotationProgress| ControlFlow::Break(());
+    assert!(store.rotate(new.clone(), &stop).await.is_err());
+    drop(store);
+
+    let store = open(&f, &old).await;
+    let imported = keys_to_import(7);
+    assert_eq!(store.import(&imported).await.unwrap(), 7);
+    keys.extend(as_expected(&imported));
+    store.rotate(new.clone(), &no_progress).await.unwrap();
+    drop(store);
+
+    let store = open(&f, &new).await;
+    assert_keys(&*store, &keys).await;
+    assert_copies(&f, &keys, &new, &old).await;
     drop(store);
     f.tear_down().await;
 }
