@@ -109,15 +109,7 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
             let master = match master {
                 Some(master) => master,
                 None => {
-                    if let Some(dir) = config
-                        .master_key_file
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                    {
-                        std::fs::create_dir_all(dir)
-                            .with_context(|| format!("creating {}", dir.display()))?;
-                    }
-                    let master = MasterKey::generate_file(&config.master_key_file)?;
+                    let master = generate_master_key(&config.master_key_file)?;
                     tracing::warn!(
                         path = %config.master_key_file.display(),
                         master_key.id = %master.id(),
@@ -128,12 +120,7 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
                     master
                 }
             };
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            let store = SlotFileKeyStore::create(&path, master)
-                .await
-                .with_context(|| format!("creating the key store {}", path.display()))?;
+            let store = create_slot_file(&path, master).await?;
             tracing::info!(path = %path.display(), "created the key store");
             Ok(OpenedKeys {
                 store: Arc::new(store),
@@ -157,6 +144,27 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
             })
         }
     }
+}
+
+/// Writes a fresh master key to a new file at `path` (and its folder, if missing).
+pub(crate) fn generate_master_key(path: &std::path::Path) -> anyhow::Result<MasterKey> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(MasterKey::generate_file(path)?)
+}
+
+/// Creates a new, empty slot file at `path` (and its folder, if missing).
+pub(crate) async fn create_slot_file(
+    path: &std::path::Path,
+    master: MasterKey,
+) -> anyhow::Result<SlotFileKeyStore> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    SlotFileKeyStore::create(path, master)
+        .await
+        .with_context(|| format!("creating the key store {}", path.display()))
 }
 
 /// Opens the blob store a serve config names.

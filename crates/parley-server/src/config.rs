@@ -114,9 +114,47 @@ pub struct MigrateConfig {
     /// S3 region for either side's `s3://` URL.
     #[arg(long, env = "PARLEY_S3_REGION")]
     pub s3_region: Option<String>,
-    /// Rows copied per transaction.
+    /// The source's key store, as `parley serve --key-store`: a slot file path or `postgres://…`.
+    #[arg(long, env = "PARLEY_KEY_STORE", default_value = "./parley-keys/keys.slots")]
+    pub from_key_store: String,
+    /// The source's master key file; `PARLEY_MASTER_KEY`, when set, is the source's master key instead.
+    #[arg(long, env = "PARLEY_MASTER_KEY_FILE", default_value = "./parley-master.key")]
+    pub from_master_key_file: PathBuf,
+    /// The destination's key store (default: the source's, which the destination then shares, so
+    /// no key is copied).
+    #[arg(long, env = "PARLEY_TO_KEY_STORE")]
+    pub to_key_store: Option<String>,
+    /// The destination's master key file (default: the source's master key). Made if missing when
+    /// the destination's key store is a new slot file.
+    #[arg(long, env = "PARLEY_TO_MASTER_KEY_FILE")]
+    pub to_master_key_file: Option<PathBuf>,
+    /// Rows (and keys) copied per transaction.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
+}
+
+impl MigrateConfig {
+    /// The source's key store and master key file.
+    pub fn from_keys(&self) -> KeyConfig {
+        KeyConfig {
+            key_store: self.from_key_store.clone(),
+            master_key_file: self.from_master_key_file.clone(),
+        }
+    }
+
+    /// The destination's key store and master key file, each the source's unless named.
+    pub fn to_keys(&self) -> KeyConfig {
+        KeyConfig {
+            key_store: self
+                .to_key_store
+                .clone()
+                .unwrap_or_else(|| self.from_key_store.clone()),
+            master_key_file: self
+                .to_master_key_file
+                .clone()
+                .unwrap_or_else(|| self.from_master_key_file.clone()),
+        }
+    }
 }
 
 /// `parley webhooks …`

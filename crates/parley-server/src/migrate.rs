@@ -1,22 +1,31 @@
-//! `parley migrate-store`: copy every row and blob from one store to another, then verify.
+//! `parley migrate-store`: copy every row, data key and blob from one store to another, then verify.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, anyhow, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use parley_blobs::{BlobKey, Blobs};
+use parley_domain::{ConversationId, Timestamp};
+use parley_keys::{ImportedKey, KeyStore, MasterKey, PgKeyStore, SlotFileKeyStore};
 use parley_store::ConversationStore;
-use parley_store::table::{Row, Table};
+use parley_store::table::{Row, Table, Value};
 
-use crate::app::{lock_database, open_blob_url, open_store};
-use crate::config::{Database, MigrateConfig, StoreConfig};
+use crate::app::{
+    MASTER_KEY_VAR, create_slot_file, generate_master_key, load_master_key, lock_database, open_blob_url,
+    open_store,
+};
+use crate::config::{Database, KeyStoreLocation, MigrateConfig, StoreConfig};
+use crate::sealed;
 
-/// Copies `--from` into `--to` and checks that every count matches.
+/// Copies `--from` into `--to`, with the data keys that open its content, and checks that every
+/// count matches and that every conversation's content opens in the destination.
 ///
 /// The destination must be empty, or hold what an earlier run from the same source left when it
-/// failed or was killed: rows are imported by key and skipped when already there, and blobs of
-/// the right size are not copied again, so a rerun finishes the copy.
+/// failed or was killed: rows are imported by key and skipped when already there, keys already
+/// there are skipped, and blobs of the right size are not copied again, so a rerun finishes the
+/// copy.
 pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
     let from = side(&c.from);
     let to = side(&c.to);
@@ -56,6 +65,9 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
             "the destination already holds an earlier copy (or part of one) from this source: completing and verifying it"
         );
     }
+    // After the check, so a refused destination gets no key store or master key file; before the
+    // copy, so a key store that does not open fails it before any row is written.
+    let keys = open_key_stores(&c).await?;
     let blobs = src_blobs
         .list_prefix(BlobKey::ROOT)
         .await
@@ -68,7 +80,11 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
         .into_iter()
         .collect();
 
-    let total = counts.iter().sum::<u64>() + blobs.len() as u64;
+    let conversations = counts[Table::ALL
+        .iter()
+        .position(|t| *t == Table::Conversation)
+        .expect("a stored table")];
+    let total = counts.iter().sum::<u64>() + conversations + blobs.len() as u64;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{msg:>16} [{bar:40}] {human_pos}/{human_len} ({eta} left)")
             .expect("a valid template")
@@ -88,9 +104,21 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
             );
         }
     }
+    bar.set_message("data keys");
+    let started = Instant::now();
+    let found = copy_keys(src.as_ref(), &keys, c.batch_size, &bar).await?;
+    if bar.is_hidden() {
+        eprintln!(
+            "data keys: {} keys in {:.1?}, {} of {total} items done",
+            found.with_key,
+            started.elapsed(),
+            bar.position()
+        );
+    }
     bar.set_message("blobs");
     copy_blobs(&src_blobs, &dst_blobs, &blobs, &present, &bar).await?;
     bar.finish_and_clear();
+    keys.report(&found).await?;
 
     // Verify from the destination itself, not from what we think we wrote.
     println!("{:<16} {:>10} {:>10}", "TABLE", "SOURCE", "COPIED");
@@ -103,6 +131,13 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
             table.name()
         );
     }
+    let opened = verify_keys(dst.as_ref(), keys.dst(), c.batch_size).await?;
+    println!("{:<16} {:>10} {opened:>10}", "data keys", found.with_key);
+    ensure!(
+        opened == found.with_key,
+        "data keys: {opened} of the destination's conversations have their key, of {} in the source",
+        found.with_key
+    );
     let copied = dst_blobs.list_prefix(BlobKey::ROOT).await?;
     let copied_bytes: u64 = copied.iter().map(|(_, size)| size).sum();
     println!("{:<16} {:>10} {:>10}", "blobs", blobs.len(), copied.len());
@@ -112,7 +147,10 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
         copied.len(),
         blobs.len()
     );
-    eprintln!("migrated and verified: every table and blob count matches");
+    eprintln!(
+        "migrated and verified: every table and blob count matches, and every conversation's \
+         content opens with the destination's keys"
+    );
     src.close().await;
     dst.close().await;
     Ok(())
@@ -154,6 +192,301 @@ async fn check_destination(
         "the destination holds data that is not from this source: migrate into an empty store"
     );
     Ok(true)
+}
+
+/// The data keys of both sides.
+struct KeyStores {
+    src: Arc<dyn KeyStore>,
+    /// The destination's own key store; `None` when it shares the source's, so nothing is copied.
+    dst: Option<Arc<dyn KeyStore>>,
+    /// The destination's key store as named, for messages.
+    dst_name: String,
+}
+
+/// What the key copy found.
+#[derive(Debug, Default)]
+struct KeysFound {
+    /// Source conversations with a key (all of them copied, or already there).
+    with_key: u64,
+    /// Source conversations without one: their content was unavailable already.
+    without_key: u64,
+    /// Keys this run wrote into the destination.
+    imported: u64,
+}
+
+impl KeyStores {
+    /// The key store the destination's servers will use.
+    fn dst(&self) -> &dyn KeyStore {
+        self.dst.as_deref().unwrap_or(self.src.as_ref())
+    }
+
+    /// Says what happened to the keys, on stderr.
+    async fn report(&self, found: &KeysFound) -> anyhow::Result<()> {
+        let name = &self.dst_name;
+        if self.dst.is_none() {
+            eprintln!(
+                "data keys: both sides use the key store {name}, so no key was copied; run the \
+                 destination's servers with it (--key-store) and its master key"
+            );
+        } else {
+            eprintln!(
+                "data keys: {} copied into {name}, {} already there",
+                found.imported,
+                found.with_key - found.imported
+            );
+            let held = self
+                .src
+                .status()
+                .await
+                .context("counting the source's keys")?
+                .keys;
+            if let Some(orphans) = held.checked_sub(found.with_key).filter(|n| *n > 0) {
+                eprintln!(
+                    "data keys without a conversation in the source (left by creates that failed), \
+                     not copied: {orphans}"
+                );
+            }
+        }
+        if found.without_key > 0 {
+            eprintln!(
+                "conversations without a data key in the source (their content was unavailable \
+                 there already, and stays so): {}",
+                found.without_key
+            );
+        }
+        let master = self.dst().status().await?.master_key_id;
+        eprintln!("data keys: the destination's key store {name} uses master key {master}");
+        Ok(())
+    }
+}
+
+/// Opens the source's key store and the destination's (creating a new slot file, and a master key
+/// for it if its file is named and missing), or the one store both sides share.
+async fn open_key_stores(c: &MigrateConfig) -> anyhow::Result<KeyStores> {
+    let (from, to) = (c.from_keys(), c.to_keys());
+    let master = load_master_key(&from)?.with_context(|| {
+        format!(
+            "the source's key store {} needs its master key: set {MASTER_KEY_VAR} or \
+             --from-master-key-file (now {}, which does not exist)",
+            from.key_store,
+            from.master_key_file.display()
+        )
+    })?;
+    let src: Arc<dyn KeyStore> = match from.location() {
+        KeyStoreLocation::SlotFile(path) => Arc::new(
+            SlotFileKeyStore::open(&path, master.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the source's key store {} (--from-key-store; stop the servers on \
+                         the source first)",
+                        path.display()
+                    )
+                })?,
+        ),
+        KeyStoreLocation::Postgres(url) => Arc::new(
+            PgKeyStore::connect(&url, master.clone())
+                .await
+                .context("connecting to the source's key database (--from-key-store)")?,
+        ),
+    };
+    if same_key_store(&from.location(), &to.location()) {
+        ensure!(
+            c.to_master_key_file.is_none(),
+            "--to-master-key-file: both sides use the key store {}, which has one master key",
+            from.key_store
+        );
+        return Ok(KeyStores {
+            src,
+            dst: None,
+            dst_name: from.key_store,
+        });
+    }
+    // The source's master key unless the destination names its own file.
+    let dst_master = match &c.to_master_key_file {
+        None => Some(master),
+        Some(path) if path.exists() => Some(MasterKey::load_file(path)?),
+        Some(_) => None,
+    };
+    let missing = || {
+        anyhow!(
+            "the destination's master key file {} does not exist: only a new slot file gets a new \
+             master key",
+            to.master_key_file.display()
+        )
+    };
+    let dst: Arc<dyn KeyStore> = match to.location() {
+        KeyStoreLocation::SlotFile(path) if path.exists() => {
+            let master = dst_master.ok_or_else(missing)?;
+            Arc::new(SlotFileKeyStore::open(&path, master).await.with_context(|| {
+                format!(
+                    "opening the destination's key store {} (--to-key-store)",
+                    path.display()
+                )
+            })?)
+        }
+        KeyStoreLocation::SlotFile(path) => {
+            let master = match dst_master {
+                Some(master) => master,
+                None => {
+                    let master = generate_master_key(&to.master_key_file)?;
+                    eprintln!(
+                        "data keys: made a new master key {} in {} for the destination: back it up \
+                         apart from the data and the key store; losing it loses every conversation \
+                         (docs/KEYS.md)",
+                        master.id(),
+                        to.master_key_file.display()
+                    );
+                    master
+                }
+            };
+            let store = create_slot_file(&path, master).await?;
+            eprintln!("data keys: created the key store {}", path.display());
+            Arc::new(store)
+        }
+        KeyStoreLocation::Postgres(url) => {
+            let master = dst_master.ok_or_else(missing)?;
+            Arc::new(
+                PgKeyStore::connect(&url, master)
+                    .await
+                    .context("connecting to the destination's key database (--to-key-store)")?,
+            )
+        }
+    };
+    Ok(KeyStores {
+        src,
+        dst: Some(dst),
+        dst_name: to.key_store,
+    })
+}
+
+/// Whether two key store names are one store: the same slot file, or the same database URL.
+fn same_key_store(a: &KeyStoreLocation, b: &KeyStoreLocation) -> bool {
+    match (a, b) {
+        (KeyStoreLocation::SlotFile(a), KeyStoreLocation::SlotFile(b)) => {
+            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+        }
+        (KeyStoreLocation::Postgres(a), KeyStoreLocation::Postgres(b)) => {
+            a.trim_end_matches('/') == b.trim_end_matches('/')
+        }
+        _ => false,
+    }
+}
+
+/// Copies the key of every source conversation that has one, a page of conversations at a time.
+///
+/// Keys are found through the conversations, so a key whose conversation is gone (destroyed keys
+/// are gone already) is never copied. A key is made in the same instant as its conversation, so
+/// the conversation's creation time is the key's.
+async fn copy_keys(
+    src: &dyn ConversationStore,
+    keys: &KeyStores,
+    batch: u32,
+    bar: &ProgressBar,
+) -> anyhow::Result<KeysFound> {
+    let mut found = KeysFound::default();
+    let mut after: Option<Row> = None;
+    loop {
+        let rows = src
+            .export_rows(Table::Conversation, after.as_ref(), batch)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(found);
+        };
+        let ids = rows
+            .iter()
+            .map(conversation_of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let held = keys
+            .src
+            .get_many(&ids)
+            .await
+            .context("reading the source's keys")?;
+        let mut page = Vec::with_capacity(rows.len());
+        for ((conversation_id, row), key) in ids.into_iter().zip(&rows).zip(held) {
+            match key {
+                Some(key) => page.push(ImportedKey {
+                    conversation_id,
+                    key,
+                    created_at: Timestamp::from_micros(int_of(row, "created_at")?),
+                }),
+                None => found.without_key += 1,
+            }
+        }
+        found.with_key += page.len() as u64;
+        if let Some(dst) = &keys.dst {
+            found.imported += dst
+                .import(&page)
+                .await
+                .context("copying data keys into the destination's key store")?;
+        }
+        bar.inc(rows.len() as u64);
+        after = Some(last.clone());
+    }
+}
+
+/// Counts the destination's conversations whose key its key store holds, opening each one's
+/// sealed create request with that key, so a key that is there but wrong fails the check.
+async fn verify_keys(dst: &dyn ConversationStore, keys: &dyn KeyStore, batch: u32) -> anyhow::Result<u64> {
+    let mut opened = 0;
+    let mut after: Option<Row> = None;
+    loop {
+        let rows = dst
+            .export_rows(Table::Conversation, after.as_ref(), batch)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(opened);
+        };
+        let ids = rows
+            .iter()
+            .map(conversation_of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let held = keys
+            .get_many(&ids)
+            .await
+            .context("reading the destination's keys")?;
+        for ((id, row), key) in ids.iter().zip(&rows).zip(held) {
+            let Some(key) = key else { continue };
+            let request = match column(row, "request_json") {
+                Value::Text(sealed) => sealed.as_str(),
+                _ => "",
+            };
+            ensure!(
+                sealed::request_opens(&key.key, id, request),
+                "conversation {id}: its content does not open under its key {} in the destination's \
+                 key store",
+                key.key_id
+            );
+            opened += 1;
+        }
+        after = Some(last.clone());
+    }
+}
+
+/// A value of a conversation row.
+fn column<'r>(row: &'r Row, name: &str) -> &'r Value {
+    let at = Table::Conversation
+        .columns()
+        .iter()
+        .position(|(column, _)| *column == name)
+        .expect("a column of the conversation table");
+    &row[at]
+}
+
+fn conversation_of(row: &Row) -> anyhow::Result<ConversationId> {
+    match column(row, "conversation_id") {
+        Value::Text(id) => {
+            ConversationId::parse(id).map_err(|_| anyhow!("a stored conversation id is malformed: {id:?}"))
+        }
+        other => bail!("a stored conversation id is not text: {other:?}"),
+    }
+}
+
+fn int_of(row: &Row, name: &str) -> anyhow::Result<i64> {
+    match column(row, name) {
+        Value::Int(n) => Ok(*n),
+        other => bail!("conversation.{name} is not an integer: {other:?}"),
+    }
 }
 
 async fn all_rows(store: &dyn ConversationStore, table: Table, batch: u32) -> anyhow::Result<Vec<Row>> {

@@ -204,6 +204,12 @@ impl SealedStore {
     }
 }
 
+/// Whether a conversation's stored create request (sealed, and held by every conversation) opens
+/// under `key`: proof that a key is the one the conversation's content was sealed under.
+pub fn request_opens(key: &DataKey, id: &ConversationId, sealed_request: &str) -> bool {
+    key.open_text(&content_aad(id, REQUEST), sealed_request).is_ok()
+}
+
 /// Seals a blob's bytes under the conversation's key, bound to the blob's key in the store.
 pub fn seal_blob(key: &DataKey, id: &ConversationId, blob_key: &str, bytes: &[u8]) -> Bytes {
     Bytes::from(key.seal(&content_aad(id, &blob_field(blob_key)), bytes))

@@ -1,7 +1,11 @@
-//! `parley migrate-store`: everything copied from an embedded store, and the copy serves it all.
+//! `parley migrate-store`: everything copied from an embedded store, data keys included, and the
+//! copy serves it all.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 
+use parley_domain::{ConversationId, Timestamp};
+use parley_keys::{KeyStore, SlotFileKeyStore};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -50,7 +54,7 @@ async fn source_with(n: usize) -> (Backing, Vec<String>) {
         );
     }
     let recorded = app
-        .ended(json!({ "properties": { "enable_recording": true } }))
+        .ended(json!({ "conversation_name": "recorded", "properties": { "enable_recording": true } }))
         .await;
     app.wait_for_jobs().await;
     ids.push(recorded);
@@ -58,18 +62,64 @@ async fn source_with(n: usize) -> (Backing, Vec<String>) {
     (source, ids)
 }
 
-/// Every conversation of `ids` is served by a server on `target`, with `key`.
-async fn serves_all(target: &Backing, key: &str, ids: &[String]) {
-    let mut copy = TestApp::spawn_on(target.clone(), |_| {}).await;
+/// Every conversation of `ids` is served by a server on `target` (with `adjust`ed settings), with
+/// `key`, its content readable: its name, and the last one's recording.
+async fn serves_all_with(
+    target: &Backing,
+    adjust: impl FnOnce(&mut parley_server::ServeConfig),
+    key: &str,
+    ids: &[String],
+) {
+    let mut copy = TestApp::spawn_on(target.clone(), adjust).await;
     copy.key = key.to_owned();
     let (status, list) = copy.call(Method::GET, "/v2/conversations?limit=1").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["total_count"], ids.len());
     for id in ids {
-        let (status, _) = copy.call(Method::GET, &format!("/v2/conversations/{id}")).await;
+        let (status, c) = copy.call(Method::GET, &format!("/v2/conversations/{id}")).await;
         assert_eq!(status, StatusCode::OK, "{id}");
+        assert!(
+            c["conversation_name"].is_string(),
+            "{id}'s content is unavailable: {c}"
+        );
     }
+    let recording = copy
+        .req(
+            Method::GET,
+            &format!("/v2/conversations/{}/recording", ids.last().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recording.status(), StatusCode::OK);
+    assert!(recording.bytes().await.unwrap().starts_with(b"RIFF"));
     copy.stop().await;
+}
+
+async fn serves_all(target: &Backing, key: &str, ids: &[String]) {
+    serves_all_with(target, |_| {}, key, ids).await;
+}
+
+/// A state's data keys, read from its key store's bytes: conversation → (key id, key).
+async fn keys_of(backing: &Backing) -> BTreeMap<String, (String, [u8; 32])> {
+    backing
+        .data_keys()
+        .await
+        .into_iter()
+        .map(|(id, found)| (id, (found.key_id, *found.key.expose_bytes())))
+        .collect()
+}
+
+/// Puts a key for a conversation that does not exist into a stopped embedded state's key store,
+/// as a create that failed after making its key leaves one; its conversation id.
+async fn orphan_key(backing: &Backing) -> String {
+    let keys = backing.config().keys;
+    let store = SlotFileKeyStore::open(&keys.key_store, backing.master_key())
+        .await
+        .unwrap();
+    let id = ConversationId::from_random(rand::random());
+    store.create(&id, Timestamp::now()).await.unwrap();
+    id.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,6 +162,13 @@ async fn an_embedded_store_is_copied_whole_into_another_store() {
         .unwrap();
     let (_, list_before) = app.call(Method::GET, "/v2/conversations?limit=100").await;
     app.stop().await;
+    let orphan = orphan_key(&source).await;
+    let source_keys = keys_of(&source).await;
+    assert!(source_keys.contains_key(&recorded) && source_keys.contains_key(&orphan));
+    assert!(
+        !source_keys.contains_key(&erased),
+        "a hard delete destroyed its key"
+    );
 
     // The copy: into a fresh store of the run's backend (SQLite, or PostgreSQL and S3).
     let target = Backing::fresh().await;
@@ -127,16 +184,34 @@ async fn an_embedded_store_is_copied_whole_into_another_store() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains("conversation") && stdout.contains("blobs"),
+        stdout.contains("conversation") && stdout.contains("blobs") && stdout.contains("data keys"),
         "{stdout}"
     );
+    assert!(
+        stderr.contains(
+            "data keys without a conversation in the source (left by creates that failed), not copied: 1"
+        ),
+        "{stderr}"
+    );
+    // The destination's key store holds exactly the source's keys of existing conversations,
+    // under the destination's own master key (made by the copy: its key folder had none).
+    let mut expected = source_keys.clone();
+    expected.remove(&orphan);
+    assert_eq!(keys_of(&target).await, expected);
+    assert_eq!(target.key_count().await, expected.len());
+    assert_ne!(target.master_key().id(), source.master_key().id());
     // Copying again finds everything there: nothing changes, and the check still passes.
     let db = target.db().await;
     let events_before = db.scalar("SELECT COUNT(*) FROM event").await;
-    migrate(&source, &target).success();
+    let again = migrate(&source, &target);
+    again.success();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("0 copied"), "{stderr}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM event").await, events_before);
     db.close().await;
+    assert_eq!(keys_of(&target).await, expected);
 
     // The destination serves the same conversations, events, recordings, keys and receipts.
     let mut copy = TestApp::spawn_on(target.clone(), |_| {}).await;
@@ -277,4 +352,67 @@ async fn a_destination_holding_another_store_is_refused_and_left_alone() {
     assert_eq!(db.scalar("SELECT COUNT(*) FROM conversation").await, before);
     assert_eq!(before, other_ids.len() as i64);
     db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_killed_while_copying_keys_is_finished_by_running_it_again() {
+    let (source, ids) = source_with(400).await;
+    let key = source.cli(&["keys", "create", "--account", "default"]);
+    let key = key.trim();
+    let target = Backing::fresh().await;
+    // One key per batch, each synced on its own, so the kill lands between two of them.
+    let mut child = migrate_command(&source, &target)
+        .args(["--batch-size", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the copy reaches the keys", || async {
+        target.key_count().await > 0
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let copied = target.key_count().await;
+    assert!(copied < ids.len(), "killed half way: {copied} keys");
+
+    let out = migrate(&source, &target);
+    let stdout = out.success();
+    assert!(stdout.contains("data keys"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already there"), "{stderr}");
+    assert_eq!(keys_of(&target).await, keys_of(&source).await);
+    assert_eq!(target.key_count().await, ids.len());
+    serves_all(&target, key, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_shares_the_source_key_store_gets_no_copy_of_a_key() {
+    let (source, ids) = source_with(3).await;
+    let key = source.cli(&["keys", "create", "--account", "default"]);
+    let target = Backing::fresh().await;
+    // The destination names no key store of its own.
+    let to = target.migrate_args("to");
+    let mut to = to.iter();
+    let mut without_keys = Vec::new();
+    while let Some(arg) = to.next() {
+        if arg.ends_with("-key-store") || arg.ends_with("-master-key-file") {
+            to.next();
+        } else {
+            without_keys.push(arg.clone());
+        }
+    }
+    let out = parley()
+        .arg("migrate-store")
+        .args(source.migrate_args("from"))
+        .args(without_keys)
+        .output()
+        .unwrap();
+    out.success();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("both sides use the key store"), "{stderr}");
+    assert_eq!(target.key_count().await, 0);
+
+    let shared = source.config().keys;
+    serves_all_with(&target, |c| c.keys = shared, key.trim(), &ids).await;
 }

@@ -138,13 +138,22 @@ impl Backing {
         }
     }
 
-    /// The flags that name this state to `parley migrate-store` on one side (`from` or `to`).
+    /// The flags that name this state (its key store and master key file too) to `parley
+    /// migrate-store` on one side (`from` or `to`).
     pub fn migrate_args(&self, side: &str) -> Vec<String> {
         let db = match &self.database_url {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir().join("parley.db").display()),
         };
-        let mut args = vec![format!("--{side}"), db];
+        let keys = self.config().keys;
+        let mut args = vec![
+            format!("--{side}"),
+            db,
+            format!("--{side}-key-store"),
+            keys.key_store,
+            format!("--{side}-master-key-file"),
+            keys.master_key_file.display().to_string(),
+        ];
         if let Some(url) = &self.blob_url {
             args.extend([format!("--{side}-blob-url"), url.clone()]);
         }

@@ -85,6 +85,27 @@ impl Backing {
         found
     }
 
+    /// How many keys the key store holds now, from its bytes or rows: 0 before it exists.
+    pub async fn key_count(&self) -> usize {
+        match &self.key_store {
+            None => {
+                let bytes = std::fs::read(self.key_dir().join("keys.slots")).unwrap_or_default();
+                let slots = bytes.get(FIRST_SLOT..).unwrap_or_default().chunks_exact(SLOT);
+                slots.filter(|slot| slot[0] != 0).count()
+            }
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                // The table is made by the first process that opens the key store.
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_key")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
+                pool.close().await;
+                n as usize
+            }
+        }
+    }
+
     /// Whether the key store's bytes hold the key id anywhere (a destroyed key must leave none).
     pub async fn key_store_mentions(&self, key_id: &str) -> bool {
         match &self.key_store {
