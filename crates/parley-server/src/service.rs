@@ -284,13 +284,20 @@ pub async fn get_recording(
             .ok_or(ServiceError::InvalidConversationId)?;
         return Err(ServiceError::NotFound("No recording for this conversation"));
     };
-    let sealed = state.blobs.get(&asset.blob_key).await?;
-    let bytes = match state.store.key(id).await? {
-        Some(key) => sealed::open_blob(&key.key, id, &asset.blob_key, &sealed),
-        None => None,
+    // Without the key there is nothing to open, and the blob may be gone too (an old copy of the
+    // database put back beside today's blobs): the same answer either way.
+    let unavailable = ServiceError::NotFound("Recording unavailable: its content can no longer be read");
+    let Some(key) = state.store.key(id).await? else {
+        return Err(unavailable);
     };
-    let bytes = bytes.ok_or(ServiceError::NotFound(
-        "Recording unavailable: its content can no longer be read",
-    ))?;
+    let sealed = match state.blobs.get(&asset.blob_key).await {
+        Ok(sealed) => sealed,
+        Err(BlobError::NotFound(_)) => {
+            tracing::error!(conversation.id = %id, blob.key = %asset.blob_key, "a recording's blob is missing");
+            return Err(unavailable);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bytes = sealed::open_blob(&key.key, id, &asset.blob_key, &sealed).ok_or(unavailable)?;
     Ok((asset.content_type, bytes))
 }
