@@ -14,6 +14,7 @@ mod lifecycle;
 mod list;
 mod migrate;
 mod multiprocess;
+mod old_copy;
 #[cfg(feature = "e2e")]
 mod outage;
 #[cfg(feature = "e2e")]

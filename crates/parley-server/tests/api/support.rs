@@ -1,5 +1,6 @@
 //! Test harness: in-process servers, `parley` subprocesses, and readers of the on-disk state.
 
+pub mod content_copy;
 pub mod keys;
 
 use std::io::{BufRead, BufReader};
