@@ -617,6 +617,10 @@ impl KeyStore for PgKeyStore {
         self.retire_pass(progress).await
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn status(&self) -> KeyResult<KeyStoreStatus> {
         let header = read_header(&self.pool, "").await?;
         let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_key")

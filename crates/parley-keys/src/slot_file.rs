@@ -224,6 +224,24 @@ impl KeyStore for SlotFileKeyStore {
         self.rotation_pass(Pass::Retire, progress).await
     }
 
+    async fn close(&self) {
+        // Not on the blocking pool: a write under way holds the writer lock for one sync.
+        let inner = Arc::clone(&self.inner);
+        let closed = tokio::task::spawn_blocking(move || {
+            let _writer = inner
+                .writer
+                .lock()
+                .expect("a writer never panics while holding the lock");
+            *inner.stopped.lock().expect("stopped lock") =
+                Some(format!("{} was closed", inner.path.display()));
+            rustix::fs::flock(&inner.file, rustix::fs::FlockOperation::Unlock)
+        })
+        .await;
+        if let Ok(Err(e)) = closed {
+            tracing::warn!(key_store.path = %self.inner.path.display(), error = %e, "releasing the key store's lock failed");
+        }
+    }
+
     async fn status(&self) -> KeyResult<KeyStoreStatus> {
         self.run(|inner| {
             let writer = inner.lock_writer()?;

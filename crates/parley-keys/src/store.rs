@@ -200,4 +200,8 @@ pub trait KeyStore: Send + Sync {
 
     /// The master key in use, an unfinished rotation, the number of keys, repairs made at open.
     async fn status(&self) -> KeyResult<KeyStoreStatus>;
+
+    /// Lets go of the store once a write under way has finished: an embedded store's file lock
+    /// is released at once (so the same process may open it again) and every later call fails.
+    async fn close(&self) {}
 }

@@ -233,6 +233,25 @@ async fn a_slot_file_in_use_by_another_store_is_refused() {
 }
 
 #[tokio::test]
+async fn a_closed_store_lets_go_of_its_file_while_still_held_and_refuses_further_calls() {
+    let f = TempSlotFile::fresh().await;
+    let master = MasterKey::generate();
+    let store = f.open(&master).await.unwrap();
+    let conversation = ConversationId::parse("c0123456789abcdef").unwrap();
+    let made = store.create(&conversation, T0).await.unwrap();
+    // Something still holds the old store (a task finishing late), yet it can be opened again.
+    store.close().await;
+    let reopened = SlotFileKeyStore::open(&f.path, master).await.unwrap();
+    let got = reopened.get(&conversation).await.unwrap().expect("the key");
+    assert_eq!(got.key.expose_bytes(), made.key.expose_bytes());
+    let err = store.get(&conversation).await.unwrap_err();
+    assert!(matches!(err, KeyError::Stopped(_)), "{err}");
+    let err = store.destroy(&conversation).await.unwrap_err();
+    assert!(matches!(err, KeyError::Stopped(_)), "{err}");
+    assert!(reopened.get(&conversation).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn open_never_creates_a_file_and_create_never_replaces_one() {
     let f = TempSlotFile::fresh().await;
     let master = MasterKey::generate();

@@ -583,5 +583,6 @@ impl ConversationStore for SealedStore {
 
     async fn close(&self) {
         self.inner.close().await;
+        self.keys.close().await;
     }
 }
