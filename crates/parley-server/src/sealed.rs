@@ -18,9 +18,9 @@ use bytes::Bytes;
 use parley_domain::{Conversation, ConversationId, Event, Status, Timestamp};
 use parley_keys::{ConversationKey, DataKey, KeyError, KeyStore, content_aad};
 use parley_store::{
-    Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
-    ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome, SoftDeleteOutcome,
-    StoreError, StoreResult, StoredEvent, table,
+    Account, Asset, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo,
+    EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
+    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent, table,
 };
 use serde_json::Value;
 
@@ -336,6 +336,14 @@ impl ConversationStore for SealedStore {
             .map(|(c, key)| Self::open_conversation(key.as_ref(), c))
             .collect();
         Ok((opened, total))
+    }
+
+    async fn list_conversation_ids(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationRef>> {
+        self.inner.list_conversation_ids(after, limit).await
     }
 
     async fn list_events(&self, id: &ConversationId) -> StoreResult<Vec<StoredEvent>> {

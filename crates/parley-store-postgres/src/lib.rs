@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp, random_id};
 use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
-    Account, Asset, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo, EndOutcome,
-    ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome, SoftDeleteOutcome,
-    StoreError, StoreResult, StoredEvent,
+    Account, Asset, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo,
+    EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
+    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
 };
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
@@ -723,6 +723,30 @@ impl ConversationStore for PostgresStore {
         Ok((list, count(total)))
     }
 
+    async fn list_conversation_ids(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationRef>> {
+        let query = match after {
+            Some(after) => sqlx::query("SELECT conversation_id, account_id FROM conversation WHERE conversation_id > $1 ORDER BY conversation_id LIMIT $2").bind(after.as_str()),
+            None => sqlx::query("SELECT conversation_id, account_id FROM conversation ORDER BY conversation_id LIMIT $1"),
+        };
+        let rows = query
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConversationRef {
+                    id: ConversationId::parse(&r.get::<String, _>(0)).map_err(backend)?,
+                    account: r.get(1),
+                })
+            })
+            .collect()
+    }
+
     async fn list_events(&self, id: &ConversationId) -> StoreResult<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT event_type, message_type, occurred_at, properties FROM event \
@@ -957,6 +981,7 @@ impl ConversationStore for PostgresStore {
         let owner = conversation.account.clone();
         let reason = match scope {
             DeleteScope::Account(account) if account == owner => "hard_delete",
+            DeleteScope::KeyLost => "key_lost",
             DeleteScope::RetentionExpired { deleted_at } if conversation.deleted_at == Some(deleted_at) => {
                 "retention_expired"
             }

@@ -111,6 +111,16 @@ pub enum DeleteScope<'a> {
     Account(&'a str),
     /// The retention job: only if still soft-deleted since this instant.
     RetentionExpired { deleted_at: Timestamp },
+    /// `parley verify --repair`: the conversation's data key is gone, so its content can never be
+    /// read again; erased in any state, whatever its account (the receipt says `key_lost`).
+    KeyLost,
+}
+
+/// A conversation as a cross-check pages through them: its id and account, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRef {
+    pub id: ConversationId,
+    pub account: String,
 }
 
 /// What `hard_delete` did.
@@ -385,6 +395,16 @@ pub trait ConversationStore: Send + Sync + 'static {
         limit: u32,
         offset: u64,
     ) -> StoreResult<(Vec<Conversation>, u64)>;
+    /// Up to `limit` conversations in any state but hard-deleted, in id order after `after`: a page
+    /// of a cross-check (`parley verify`) that holds one page in memory however many there are.
+    ///
+    /// Paging by key, not by offset, keeps each page as cheap as the first, and a conversation
+    /// made or erased meanwhile moves no other across a page boundary.
+    async fn list_conversation_ids(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConversationRef>>;
     /// The conversation's events, oldest first.
     async fn list_events(&self, id: &ConversationId) -> StoreResult<Vec<StoredEvent>>;
     /// Records the replica's join if the call is still active and not yet joined; true if recorded.

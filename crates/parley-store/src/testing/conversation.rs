@@ -7,8 +7,8 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::{
-    CALLBACK, T0, TestStore, after_end_events, assert_same, at, conversation, deliveries_of, end, finish,
-    hard_delete, jobs_of, recording, seed, types_and_statuses, usual_jobs, with_callback,
+    CALLBACK, T0, TestStore, after_end_events, assert_same, at, conversation, deliveries_of, end, ended_call,
+    finish, hard_delete, jobs_of, recording, seed, types_and_statuses, usual_jobs, with_callback,
 };
 use crate::table::{Table, Value};
 use crate::{EndOutcome, JobKind, ParticipantOutcome, SoftDeleteOutcome, StoreError};
@@ -71,6 +71,68 @@ pub async fn a_created_conversation_reads_back_exactly_as_written<T: TestStore>(
         ]
     );
     finish(t, &usual_jobs(&full.id)).await;
+}
+
+/// `list_conversation_ids`: every conversation but the hard-deleted, once, in id order, a page at a time.
+pub async fn conversation_ids_are_paged_in_id_order_in_every_state_but_erased<T: TestStore>(
+    fresh: impl AsyncFn() -> T,
+) {
+    let t = fresh().await;
+    let store = t.store();
+    let mut kept = Vec::new();
+    for i in 0..7 {
+        let c = conversation(if i % 2 == 0 { "acme" } else { "other" }, at(i));
+        seed(&*store, &c).await;
+        kept.push(c);
+    }
+    let ended = ended_call(&*store, "acme", at(10)).await;
+    let hidden = ended_call(&*store, "acme", at(20)).await;
+    let soft = store.soft_delete("acme", &hidden.id, at(25), at(1000)).await;
+    assert_eq!(soft.expect("soft delete"), SoftDeleteOutcome::Deleted);
+    let gone = ended_call(&*store, "acme", at(30)).await;
+    hard_delete(&*store, &gone, at(35)).await;
+    kept.extend([ended.clone(), hidden.clone()]);
+    let mut expected: Vec<(String, String)> = kept
+        .iter()
+        .map(|c| (c.id.to_string(), c.account.clone()))
+        .collect();
+    expected.sort();
+
+    let mut paged = Vec::new();
+    let mut after: Option<ConversationId> = None;
+    loop {
+        let page = store
+            .list_conversation_ids(after.as_ref(), 3)
+            .await
+            .expect("a page");
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        paged.extend(page.into_iter().map(|r| (r.id.to_string(), r.account)));
+    }
+    assert_eq!(paged, expected);
+    let all = store.list_conversation_ids(None, 100).await.expect("one page");
+    assert_eq!(all.len(), 9);
+    let past_the_end = store
+        .list_conversation_ids(Some(&all[8].id), 100)
+        .await
+        .expect("an empty page");
+    assert!(past_the_end.is_empty());
+    let none = store.list_conversation_ids(None, 0).await.expect("no rows");
+    assert!(none.is_empty());
+
+    let mut jobs = Vec::new();
+    for c in &kept[..7] {
+        jobs.extend(usual_jobs(&c.id));
+    }
+    jobs.extend([
+        (JobKind::Finalize, &ended.id),
+        (JobKind::Finalize, &hidden.id),
+        (JobKind::RetentionPurge, &hidden.id),
+        (JobKind::Finalize, &gone.id),
+        (JobKind::Purge, &gone.id),
+    ]);
+    finish(t, &jobs).await;
 }
 
 /// `list_conversations`: order, paging, the status filter and `total_count`.

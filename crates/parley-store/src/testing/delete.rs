@@ -439,6 +439,56 @@ pub async fn a_retention_purge_erases_only_the_soft_delete_it_was_scheduled_for<
     finish(t, &expected).await;
 }
 
+/// `DeleteScope::KeyLost`: erases a conversation in any state, of any account, with its own reason.
+pub async fn a_hard_delete_for_a_lost_key_erases_a_conversation_in_any_state<T: TestStore>(
+    fresh: impl AsyncFn() -> T,
+) {
+    let t = fresh().await;
+    let store = t.store();
+    let live = conversation("acme", T0);
+    seed(&*store, &live).await;
+    let ended = ended_call(&*store, "other", at(10)).await;
+    let hidden = ended_call(&*store, "acme", at(20)).await;
+    let soft = store.soft_delete("acme", &hidden.id, at(25), at(1000)).await;
+    assert_eq!(soft.expect("soft delete"), SoftDeleteOutcome::Deleted);
+    let bystander = ended_call(&*store, "acme", at(30)).await;
+
+    for (c, events, assets) in [(&live, 1, 0), (&ended, 4, 1), (&hidden, 4, 1)] {
+        let outcome = store.hard_delete(DeleteScope::KeyLost, &c.id, at(40), None).await;
+        let HardDeleteOutcome::Deleted { receipt, purge } = outcome.expect("hard delete") else {
+            panic!("{} was not erased", c.id);
+        };
+        assert_eq!(
+            (
+                receipt.reason.as_str(),
+                receipt.account.as_str(),
+                receipt.events,
+                receipt.assets
+            ),
+            ("key_lost", c.account.as_str(), events, assets)
+        );
+        assert_eq!((purge.kind, purge.attempts), (JobKind::Purge, 0));
+        assert!(store.load_conversation(&c.id).await.expect("load").is_none());
+    }
+    let again = store
+        .hard_delete(DeleteScope::KeyLost, &live.id, at(50), None)
+        .await;
+    assert!(matches!(again, Ok(HardDeleteOutcome::NotFound)), "{again:?}");
+    assert_untouched(&*store, &bystander).await;
+    finish(
+        t,
+        &[
+            (JobKind::Finalize, &ended.id),
+            (JobKind::Finalize, &hidden.id),
+            (JobKind::Finalize, &bystander.id),
+            (JobKind::Purge, &live.id),
+            (JobKind::Purge, &ended.id),
+            (JobKind::Purge, &hidden.id),
+        ],
+    )
+    .await;
+}
+
 /// Racing hard deletes of one conversation: exactly one erases it and writes the receipt.
 pub async fn of_fifty_concurrent_hard_deletes_exactly_one_deletes<T: TestStore>(fresh: impl AsyncFn() -> T) {
     let t = fresh().await;
