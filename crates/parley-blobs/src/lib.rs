@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -67,6 +68,16 @@ impl BlobKey {
 
     /// The prefix holding every conversation's blobs: all that a store keeps.
     pub const ROOT: &str = "conversations/";
+
+    /// The conversation whose prefix holds a blob, from the blob's key; `None` for a key outside
+    /// every conversation's prefix (or under one whose id is malformed).
+    pub fn conversation_of(key: &str) -> Option<ConversationId> {
+        let (id, rest) = key.strip_prefix(Self::ROOT)?.split_once('/')?;
+        if rest.is_empty() {
+            return None;
+        }
+        ConversationId::parse(id).ok()
+    }
 
     /// The prefix holding every blob of a conversation.
     pub fn conversation_prefix(conversation: &ConversationId) -> String {
@@ -202,6 +213,17 @@ impl Blobs {
             .await?)
     }
 
+    /// Every blob under a prefix, with its size, one at a time: a bucket of millions is never held
+    /// whole. The order is the store's (S3: by key; a folder: one directory after another).
+    pub fn stream_prefix(&self, prefix: &str) -> BoxStream<'static, Result<(String, u64), BlobError>> {
+        let prefix = ObjectPath::from(prefix);
+        self.store
+            .list(Some(&prefix))
+            .map_ok(|meta| (meta.location.to_string(), meta.size))
+            .map_err(BlobError::from)
+            .boxed()
+    }
+
     /// Writes a blob under a key as listed by [`Blobs::list_prefix`] (for copies between stores).
     pub async fn put_key(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
         self.store
@@ -240,6 +262,26 @@ mod tests {
             source: Box::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
         };
         assert!(matches!(BlobError::from_write(denied), BlobError::Store(_)));
+    }
+
+    #[test]
+    fn a_blob_key_names_its_conversation_only_when_it_is_under_a_valid_id() {
+        let id = ConversationId::parse("c0123abcd").unwrap();
+        let key = BlobKey::Asset {
+            conversation: id.clone(),
+            asset: "recording.wav".into(),
+        };
+        assert_eq!(BlobKey::conversation_of(&key.path()), Some(id));
+        for stray in [
+            "write-probe",
+            "conversations/",
+            "conversations/c0123abcd",
+            "conversations/c0123abcd/",
+            "conversations/NOT-AN-ID/assets/x",
+            "elsewhere/c0123abcd/assets/x",
+        ] {
+            assert_eq!(BlobKey::conversation_of(stray), None, "{stray}");
+        }
     }
 
     #[tokio::test]
