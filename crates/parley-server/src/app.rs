@@ -13,7 +13,7 @@ use parley_store_sqlite::SqliteStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Database, KeyConfig, KeyStoreLocation, ServeConfig, StoreConfig};
+use crate::config::{BlobConfig, Database, KeyConfig, KeyStoreLocation, ServeConfig, StoreConfig};
 use crate::disk::Disk;
 use crate::sealed::SealedStore;
 use crate::state::{AppState, Settings};
@@ -167,10 +167,9 @@ pub(crate) async fn create_slot_file(
         .with_context(|| format!("creating the key store {}", path.display()))
 }
 
-/// Opens the blob store a serve config names.
-pub fn open_blobs(config: &ServeConfig) -> anyhow::Result<Blobs> {
-    let blobs = &config.blobs;
-    let default = config.store.data_dir.join("blobs");
+/// Opens the blob store a blob config names (by default `blobs/` in the store's data directory).
+pub fn open_blobs(blobs: &BlobConfig, store: &StoreConfig) -> anyhow::Result<Blobs> {
+    let default = store.data_dir.join("blobs");
     open_blob_url(
         blobs.blob_url.as_deref(),
         &default,
@@ -244,7 +243,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         } else {
             None
         };
-    let blobs = open_blobs(&config)?;
+    let blobs = open_blobs(&config.blobs, &config.store)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -46,6 +46,36 @@ pub enum Command {
         #[command(flatten)]
         store: StoreConfig,
     },
+    /// Cross-check conversations, data keys, blobs, erasure receipts and purges; with `--repair`,
+    /// finish what a crash left half done. Exit 0: clean; 1: findings remain; 2: could not check.
+    Verify(VerifyConfig),
+}
+
+/// `parley verify` settings.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    #[command(flatten)]
+    pub blobs: BlobConfig,
+
+    #[command(flatten)]
+    pub keys: KeyConfig,
+
+    /// Finish purges, destroy keys that belong to no conversation, delete orphan blobs, and erase
+    /// conversations whose key is lost. See docs/OPERATIONS.md for what each finding gets.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// On a shared (PostgreSQL) key store, a key younger than this with no conversation may be a
+    /// create in flight on a live server: it is reported as recent and left alone.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+
+    /// `text`: one finding per line and a summary line; `json`: one JSON object.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
 }
 
 /// `parley keys …`

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::future::join_all;
-use parley_blobs::BlobKey;
+use parley_blobs::{BlobKey, Blobs};
 use parley_domain::replica::{self, RecordingLocation};
 use parley_domain::{ConversationId, Event, ShutdownReason, Status, Timestamp};
 use parley_store::{Asset, DeleteScope, EndOutcome, HardDeleteOutcome, Job, JobKind};
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
-use crate::sealed;
+use crate::sealed::{self, SealedStore};
 use crate::state::AppState;
 
 /// Jobs claimed per round.
@@ -189,12 +189,7 @@ async fn end_call(state: &AppState, id: &ConversationId, reason: ShutdownReason)
 /// Destroys a hard-deleted conversation's key (if the delete could not), then removes its blobs
 /// and the database's copies of its erased rows.
 async fn purge(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
-    state.store.shred(id).await.context("destroying the data key")?;
-    let removed = state
-        .blobs
-        .delete_conversation(id)
-        .await
-        .context("deleting blobs")?;
+    let removed = purge_conversation(&state.store, &state.blobs, id).await?;
     if !state
         .store
         .erase_residue()
@@ -205,6 +200,19 @@ async fn purge(state: &AppState, id: &ConversationId) -> anyhow::Result<()> {
     }
     tracing::info!(conversation.id = %id, blob.count = removed, "conversation purged");
     Ok(())
+}
+
+/// The part of a purge that is about one conversation: its key destroyed (and recorded on the
+/// receipt), then its blobs deleted; returns how many blobs went. Safe to repeat.
+///
+/// The caller erases the database's residue afterwards (`erase_residue`), once for many purges.
+pub async fn purge_conversation(
+    store: &SealedStore,
+    blobs: &Blobs,
+    id: &ConversationId,
+) -> anyhow::Result<usize> {
+    store.shred(id).await.context("destroying the data key")?;
+    blobs.delete_conversation(id).await.context("deleting blobs")
 }
 
 /// Produces an ended call's transcript, perception analysis and recording.

@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod sealed;
 pub mod service;
 pub mod state;
+pub mod verify;
 pub mod webhook;
 
 pub use app::{Server, start};

@@ -18,6 +18,18 @@ async fn main() -> anyhow::Result<()> {
         Command::MigrateStore(c) => parley_server::migrate::migrate_store(c).await,
         Command::Receipts { store, account } => cli::receipts(store, account).await,
         Command::Jobs { store } => cli::jobs(store).await,
+        Command::Verify(c) => {
+            // Its own exit codes: 1 means findings remain, so an error that stopped the check is 2.
+            let code = match parley_server::verify::verify(c).await {
+                Ok(report) if report.clean() => 0,
+                Ok(_) => 1,
+                Err(e) => {
+                    eprintln!("Error: {e:?}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
     }
 }
 
