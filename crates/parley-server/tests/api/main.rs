@@ -23,4 +23,5 @@ mod room;
 mod shared;
 mod support;
 mod timers;
+mod verify;
 mod webhooks;

@@ -2,6 +2,7 @@
 
 pub mod content_copy;
 pub mod keys;
+pub mod verify;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
