@@ -395,17 +395,7 @@ impl TestDb {
     pub async fn rows_mentioning(&self, needle: &str) -> i64 {
         assert!(self.postgres, "on SQLite, read the files instead");
         let mut total = 0;
-        for table in [
-            "account",
-            "api_key",
-            "conversation",
-            "event",
-            "asset",
-            "participant",
-            "delivery",
-            "erasure_receipt",
-            "job",
-        ] {
+        for table in CONTENT_TABLES {
             let sql = format!("SELECT COUNT(*) FROM {table} t WHERE t::text LIKE '%' || $1 || '%'");
             let n: i64 = sqlx::query(&sql)
                 .bind(needle)
@@ -418,10 +408,41 @@ impl TestDb {
         total
     }
 
+    /// The text of every row, in any table, that mentions `needle` (PostgreSQL only).
+    pub async fn rows_text_mentioning(&self, needle: &str) -> Vec<String> {
+        assert!(self.postgres, "on SQLite, read the files instead");
+        let mut texts = Vec::new();
+        for table in CONTENT_TABLES {
+            let sql = format!("SELECT t::text FROM {table} t WHERE t::text LIKE '%' || $1 || '%'");
+            for row in sqlx::query(&sql)
+                .bind(needle)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap()
+            {
+                texts.push(row.get::<String, _>(0));
+            }
+        }
+        texts
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
+
+/// Every table of the content store.
+const CONTENT_TABLES: [&str; 9] = [
+    "account",
+    "api_key",
+    "conversation",
+    "event",
+    "asset",
+    "participant",
+    "delivery",
+    "erasure_receipt",
+    "job",
+];
 
 /// A server running in this test process.
 pub struct TestApp {

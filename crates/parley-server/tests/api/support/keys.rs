@@ -127,6 +127,34 @@ impl Backing {
         }
     }
 
+    /// Those of `key_ids` that the key store's bytes hold anywhere: [`Backing::key_store_mentions`]
+    /// for many keys, with one read of the store.
+    pub async fn key_store_mentioning(&self, key_ids: &[&str]) -> Vec<String> {
+        match &self.key_store {
+            None => {
+                let bytes = std::fs::read(self.key_dir().join("keys.slots")).unwrap_or_default();
+                let present: std::collections::HashSet<&[u8]> = bytes.windows(8).collect();
+                key_ids
+                    .iter()
+                    .filter(|k| present.contains(&KeyId::parse(k).unwrap().to_bytes()[..]))
+                    .map(|k| (*k).to_owned())
+                    .collect()
+            }
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let ids: Vec<String> = key_ids.iter().map(|k| (*k).to_owned()).collect();
+                let found: Vec<String> =
+                    sqlx::query_scalar("SELECT data_key_id FROM data_key WHERE data_key_id = ANY($1)")
+                        .bind(ids)
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                pool.close().await;
+                found
+            }
+        }
+    }
+
     /// Everything of a conversation that opens with the keys the key store holds now, from the
     /// content store's rows and the blob store: its sealed fields, event properties, delivery
     /// bodies and blobs. Empty when its key is gone.
@@ -199,6 +227,69 @@ impl Backing {
             }
         }
         out
+    }
+
+    /// Every run of `prefix` and the word characters after it (letters, digits, `-`) in plaintext
+    /// anywhere: every file of an embedded state, or every row of a shared one. One pass, for
+    /// checks of many markers that share a prefix.
+    pub async fn plaintext_words(&self, prefix: &str) -> std::collections::HashSet<String> {
+        let word = |text: &[u8], at: usize| {
+            let end = text[at..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+                .map_or(text.len(), |n| at + n);
+            String::from_utf8_lossy(&text[at..end]).into_owned()
+        };
+        let needle = prefix.as_bytes();
+        let mut found = std::collections::HashSet::new();
+        let mut scan = |text: &[u8]| {
+            for at in 0..text.len().saturating_sub(needle.len() - 1) {
+                if text[at..].starts_with(needle) {
+                    found.insert(word(text, at));
+                }
+            }
+        };
+        if self.is_sqlite() {
+            let mut stack = vec![self.data_dir().to_owned()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(bytes) = std::fs::read(&path) {
+                        scan(&bytes);
+                    }
+                }
+            }
+        } else {
+            let db = self.db().await;
+            for text in db.rows_text_mentioning(prefix).await {
+                scan(text.as_bytes());
+            }
+            db.close().await;
+        }
+        found
+    }
+
+    /// [`Backing::readable`] for many conversations at once, whose markers all start with
+    /// `prefix`: the ids whose marker can be read.
+    pub async fn readable_among(&self, prefix: &str, wanted: &[(&str, &str)]) -> Vec<String> {
+        let plaintext = self.plaintext_words(prefix).await;
+        let keys = self.data_keys().await;
+        let mut readable = Vec::new();
+        for &(id, marker) in wanted {
+            assert!(marker.starts_with(prefix));
+            let sealed = keys.contains_key(id)
+                && self
+                    .readable_content(id)
+                    .await
+                    .iter()
+                    .any(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()));
+            if sealed || plaintext.iter().any(|w| w.contains(marker)) {
+                readable.push(id.to_owned());
+            }
+        }
+        readable
     }
 
     /// Whether `marker` can be read from the stored state by any means short of a key store
