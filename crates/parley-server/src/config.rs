@@ -64,7 +64,7 @@ pub struct VerifyConfig {
     pub keys: KeyConfig,
 
     /// Finish purges, destroy keys that belong to no conversation, delete orphan blobs, and erase
-    /// conversations whose key is lost. See docs/OPERATIONS.md for what each finding gets.
+    /// conversations whose key is lost. The README lists what each finding gets.
     #[arg(long)]
     pub repair: bool,
 

@@ -6,7 +6,7 @@
 //! jobs are kept from the job table, and the blob listing is streamed; so a check holds the keys,
 //! the pending purges and its findings, never every conversation. Every finding is looked up again
 //! on its own before it is reported, so a conversation made or erased during the scan of a live
-//! shared store is not reported as damage. `docs/OPERATIONS.md` lists the findings.
+//! shared store is not reported as damage. The README (`parley verify`) lists the findings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

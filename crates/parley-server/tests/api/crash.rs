@@ -1,7 +1,7 @@
 //! Crashes: a hard delete acknowledged before a kill is finished after the restart, and never half
 //! done; and `parley verify` after every kill and restart finds only what a kill may leave.
 //!
-//! What a kill may leave (`docs/OPERATIONS.md`): purges still to run (`purge-pending`: a delete's
+//! What a kill may leave (README, `parley verify`): purges still to run (`purge-pending`: a delete's
 //! rows went in its transaction, its key and blobs go with the purge that a restarted server or
 //! `verify --repair` runs), and the key of a create in flight (`orphan-key`, or `recent-orphan-key`
 //! within the grace period on a shared key store), which `verify --repair` destroys. Nothing else.
