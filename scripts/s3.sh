@@ -21,14 +21,22 @@ case "$cmd" in
       echo "http://127.0.0.1:$port"
       exit 0
     fi
+    # Something else answering on the port would pass the readiness check below as ours.
+    if curl -s "http://127.0.0.1:$port/" >/dev/null 2>&1; then
+      echo "s3.sh: port $port is already in use" >&2
+      exit 1
+    fi
     nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
-    echo $! >"$dir/moto.pid"
-    # A loaded machine can take a while to import moto.
+    pid=$!
+    echo $pid >"$dir/moto.pid"
+    # A loaded machine can take a while to import moto; ours must still be running when it answers.
     for _ in $(seq 600); do
+      kill -0 "$pid" 2>/dev/null || break
       curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
       sleep 0.1
     done
-    curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 || { cat "$dir/moto.log" >&2; echo "s3.sh: moto did not start" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null && curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 ||
+      { cat "$dir/moto.log" >&2; rm -f "$dir/moto.pid"; echo "s3.sh: moto did not start" >&2; exit 1; }
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test "$venv/bin/python" - "$port" "$bucket" <<'PY'
 import sys, boto3
 port, bucket = sys.argv[1], sys.argv[2]
