@@ -11,6 +11,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod migrate;
+pub mod progress;
 pub mod sealed;
 pub mod service;
 pub mod state;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail, ensure};
-use indicatif::{ProgressBar, ProgressStyle};
 use parley_blobs::{BlobKey, Blobs};
 use parley_domain::{ConversationId, Timestamp};
 use parley_keys::{ImportedKey, KeyStore, MasterKey, PgKeyStore, SlotFileKeyStore};
@@ -17,6 +16,7 @@ use crate::app::{
     open_store,
 };
 use crate::config::{Database, KeyStoreLocation, MigrateConfig, StoreConfig};
+use crate::progress::Progress;
 use crate::sealed;
 
 /// Copies `--from` into `--to`, with the data keys that open its content, and checks that every
@@ -85,39 +85,30 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
         .position(|t| *t == Table::Conversation)
         .expect("a stored table")];
     let total = counts.iter().sum::<u64>() + conversations + blobs.len() as u64;
-    let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{msg:>16} [{bar:40}] {human_pos}/{human_len} ({eta} left)")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    let bar = Progress::new(total);
     for (table, count) in Table::ALL.into_iter().zip(&counts) {
-        bar.set_message(table.name());
+        bar.label(table.name());
         let started = Instant::now();
         copy_table(src.as_ref(), dst.as_ref(), table, c.batch_size, &bar).await?;
-        // The bar is hidden when stderr is not a terminal; a log still shows how far it got.
-        if bar.is_hidden() {
-            eprintln!(
-                "{}: {count} rows in {:.1?}, {} of {total} items done",
-                table.name(),
-                started.elapsed(),
-                bar.position()
-            );
-        }
-    }
-    bar.set_message("data keys");
-    let started = Instant::now();
-    let found = copy_keys(src.as_ref(), &keys, c.batch_size, &bar).await?;
-    if bar.is_hidden() {
-        eprintln!(
-            "data keys: {} keys in {:.1?}, {} of {total} items done",
-            found.with_key,
+        bar.note(&format!(
+            "{}: {count} rows in {:.1?}, {} of {total} items done",
+            table.name(),
             started.elapsed(),
             bar.position()
-        );
+        ));
     }
-    bar.set_message("blobs");
+    bar.label("data keys");
+    let started = Instant::now();
+    let found = copy_keys(src.as_ref(), &keys, c.batch_size, &bar).await?;
+    bar.note(&format!(
+        "data keys: {} keys in {:.1?}, {} of {total} items done",
+        found.with_key,
+        started.elapsed(),
+        bar.position()
+    ));
+    bar.label("blobs");
     copy_blobs(&src_blobs, &dst_blobs, &blobs, &present, &bar).await?;
-    bar.finish_and_clear();
+    bar.finish();
     keys.report(&found).await?;
 
     // Verify from the destination itself, not from what we think we wrote.
@@ -382,7 +373,7 @@ async fn copy_keys(
     src: &dyn ConversationStore,
     keys: &KeyStores,
     batch: u32,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<KeysFound> {
     let mut found = KeysFound::default();
     let mut after: Option<Row> = None;
@@ -532,7 +523,7 @@ async fn copy_table(
     dst: &dyn ConversationStore,
     table: Table,
     batch: u32,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<()> {
     let mut after: Option<Row> = None;
     loop {
@@ -553,7 +544,7 @@ async fn copy_blobs(
     dst: &Blobs,
     keys: &[(String, u64)],
     present: &HashMap<String, u64>,
-    bar: &ProgressBar,
+    bar: &Progress,
 ) -> anyhow::Result<()> {
     for (key, size) in keys {
         // A blob is written whole or not at all, so one of the right size is done.
