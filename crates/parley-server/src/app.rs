@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use parley_blobs::Blobs;
 use parley_domain::{Limits, Timestamp};
-use parley_keys::{KeyStore, MasterKey, PgKeyStore, SlotFileKeyStore};
+use parley_keys::{KeyError, KeyStore, MasterKey, PgKeyStore, SlotFileKeyStore};
 use parley_store::ConversationStore;
 use parley_store_postgres::PostgresStore;
 use parley_store_sqlite::SqliteStore;
@@ -96,11 +96,8 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
                     config.master_key_file.display()
                 )
             })?;
-            let store = SlotFileKeyStore::open(&path, master)
-                .await
-                .with_context(|| format!("opening the key store {}", path.display()))?;
             Ok(OpenedKeys {
-                store: Arc::new(store),
+                store: open_existing_keys(config, master).await?,
                 new_master_key: None,
             })
         }
@@ -127,7 +124,7 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
                 new_master_key,
             })
         }
-        KeyStoreLocation::Postgres(url) => {
+        KeyStoreLocation::Postgres(_) => {
             let master = master.with_context(|| {
                 format!(
                     "a shared key store needs the master key from the operator: set {MASTER_KEY_VAR} \
@@ -135,14 +132,52 @@ pub async fn open_keys(config: &KeyConfig) -> anyhow::Result<OpenedKeys> {
                     config.master_key_file.display()
                 )
             })?;
-            let store = PgKeyStore::connect(&url, master)
-                .await
-                .context("connecting to the key database")?;
             Ok(OpenedKeys {
-                store: Arc::new(store),
+                store: open_existing_keys(config, master).await?,
                 new_master_key: None,
             })
         }
+    }
+}
+
+/// A key store that could not be opened, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct OpenKeysError {
+    context: String,
+    /// The key store's own error, which names the master key case (rotated out, unfinished
+    /// rotation) for a caller that can act on it.
+    #[source]
+    pub source: KeyError,
+}
+
+/// Opens the key store a key config names with `master`, never creating it.
+pub async fn open_existing_keys(
+    config: &KeyConfig,
+    master: MasterKey,
+) -> Result<Arc<dyn KeyStore>, OpenKeysError> {
+    match config.location() {
+        KeyStoreLocation::SlotFile(path) => match SlotFileKeyStore::open(&path, master).await {
+            Ok(store) => Ok(Arc::new(store)),
+            Err(source) => {
+                let hint = if matches!(source, KeyError::Locked(_)) {
+                    " (stop the server that uses it first)"
+                } else {
+                    ""
+                };
+                Err(OpenKeysError {
+                    context: format!("opening the key store {}{hint}", path.display()),
+                    source,
+                })
+            }
+        },
+        KeyStoreLocation::Postgres(url) => match PgKeyStore::connect(&url, master).await {
+            Ok(store) => Ok(Arc::new(store)),
+            Err(source) => Err(OpenKeysError {
+                context: "connecting to the key database".into(),
+                source,
+            }),
+        },
     }
 }
 
@@ -360,4 +395,29 @@ impl Server {
         self.state.store.close().await;
         Ok(())
     }
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM: how an operator or a service manager asks parley to stop.
+pub async fn stop_signal() {
+    match stop_requested() {
+        Ok(stop) => stop.await,
+        // Without signal handlers the default actions still stop the process.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Takes over Ctrl-C (SIGINT) and SIGTERM at once, and resolves at the first of them.
+///
+/// The handlers are in place when this returns, so a signal that comes before the future is
+/// first polled is not lost (nor does it kill the process half way through a step).
+pub fn stop_requested() -> std::io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -1,14 +1,24 @@
-//! The operator commands of `parley`: keys, accounts, restores, receipts and jobs.
+//! The operator commands of `parley`: keys, accounts, restores, receipts, jobs and master key rotation.
 
 use std::io::Write;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use parley_domain::{ConversationId, Timestamp};
+use parley_keys::{KeyError, MasterKey, MasterKeyId, RotationPhase, RotationProgress, UnfinishedRotation};
 use parley_store::DeliveryFilter;
 use rand::RngCore;
 
-use crate::app::{create_key, open_store};
-use crate::config::{AccountsCommand, ConversationsCommand, KeysCommand, StoreConfig, WebhooksCommand};
+use crate::app::{
+    MASTER_KEY_VAR, OpenKeysError, create_key, load_master_key, open_existing_keys, open_store,
+    stop_requested,
+};
+use crate::config::{
+    AccountsCommand, ConversationsCommand, KeyConfig, KeysCommand, RotateConfig, StoreConfig, WebhooksCommand,
+};
+use crate::progress::Progress;
 
 /// `parley keys …`
 pub async fn keys(command: KeysCommand) -> anyhow::Result<()> {
@@ -257,4 +267,209 @@ pub async fn jobs(store: StoreConfig) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `parley rotate-master-key`: rewraps every data key under a new master key (docs/KEYS.md,
+/// "Rotation"); content is not touched.
+///
+/// Resumable wherever it stopped (a crash, a kill, Ctrl-C): the same command again finishes it.
+/// Before the switch the store opens with the old key and the rotation goes on from there; after
+/// it only the new key opens the store, so the command opens it with that one and finishes the
+/// retire pass.
+pub async fn rotate_master_key(c: RotateConfig) -> anyhow::Result<()> {
+    let new = new_master_key(&c)?;
+    let old = load_master_key(&c.keys)?.with_context(|| {
+        format!(
+            "the key store's current master key is needed: set {MASTER_KEY_VAR} or --master-key-file \
+             (now {}, which does not exist)",
+            c.keys.master_key_file.display()
+        )
+    })?;
+    let old_name = master_key_source(&c.keys);
+    let keys = match open_existing_keys(&c.keys, old.clone()).await {
+        Ok(keys) => keys,
+        Err(e) if matches!(e.source, KeyError::RotatedOut { current, .. } if current == new.id()) => {
+            eprintln!(
+                "the key store has switched over to master key {} already: finishing with it",
+                new.id()
+            );
+            open_existing_keys(&c.keys, new.clone()).await?
+        }
+        Err(e) => return Err(explain_open_error(e, &new)),
+    };
+    let status = keys.status().await.context("reading the key store's status")?;
+    match status.unfinished_rotation {
+        None if status.master_key_id == new.id() => {
+            eprintln!(
+                "the key store's {} keys are wrapped under master key {} already: nothing to rotate",
+                status.keys,
+                new.id()
+            );
+            print_next_steps(old.id(), &old_name, &new, &c);
+            keys.close().await;
+            return Ok(());
+        }
+        None => eprintln!(
+            "rotating the {} keys of the key store from master key {} to {}",
+            status.keys,
+            status.master_key_id,
+            new.id()
+        ),
+        Some(UnfinishedRotation::Rewrapping { from, to }) if to == new.id() => {
+            eprintln!("resuming the rotation from master key {from} to {to}")
+        }
+        Some(UnfinishedRotation::Rewrapping { to, .. }) => eprintln!(
+            "a rotation to master key {to} was left unfinished: it is abandoned, and every key is \
+             rewrapped under {} instead",
+            new.id()
+        ),
+        Some(UnfinishedRotation::Retiring { from, to }) => {
+            eprintln!(
+                "resuming the rotation from master key {from} to {to}: removing the copies wrapped under {from}"
+            )
+        }
+    }
+
+    // Ctrl-C and SIGTERM stop the rotation at the next durable batch, as a crash would, but
+    // with a word on how to resume.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = stop_requested().context("taking over Ctrl-C")?;
+    let watcher = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            signal.await;
+            stop.store(true, Ordering::SeqCst);
+            eprintln!("stopping after the batch under way…");
+        }
+    });
+    let progress = Progress::new(status.keys);
+    let phase = Mutex::new(None);
+    let report = |p: RotationProgress| {
+        let mut seen = phase.lock().expect("phase lock");
+        if *seen == Some(p.phase) {
+            progress.set(p.done, p.total);
+        } else {
+            *seen = Some(p.phase);
+            let label = match p.phase {
+                RotationPhase::Rewrap => "rewrap",
+                RotationPhase::Retire => "retire",
+            };
+            progress.pass(label, p.done, p.total);
+        }
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let rotated = keys.rotate(new.clone(), &report).await;
+    progress.finish();
+    watcher.abort();
+    let status = keys.status().await;
+    keys.close().await;
+    match rotated {
+        Ok(()) => {}
+        Err(e) => {
+            // Which side of the switch it stopped on decides which key opens the store now.
+            let switched = status.is_ok_and(|s| s.master_key_id == new.id());
+            let now = if switched {
+                format!(
+                    "it had switched over: the key store now opens only with master key {} (and the \
+                     servers too)",
+                    new.id()
+                )
+            } else {
+                format!(
+                    "it had not switched over: the key store still uses master key {}, and servers \
+                     can start with it",
+                    old.id()
+                )
+            };
+            let what = match e {
+                KeyError::RotationInterrupted => "the rotation was stopped".to_owned(),
+                other => format!("the rotation failed: {other}"),
+            };
+            bail!("{what}; {now}. Run the same command again to resume it.");
+        }
+    }
+    let status = status.context("reading the key store's status")?;
+    eprintln!(
+        "rotated: the key store's {} keys are wrapped under master key {} alone; master key {} \
+         opens nothing in it any more",
+        status.keys,
+        new.id(),
+        old.id()
+    );
+    print_next_steps(old.id(), &old_name, &new, &c);
+    Ok(())
+}
+
+/// The master key to rotate to: its file, made first with `--generate`.
+fn new_master_key(c: &RotateConfig) -> anyhow::Result<MasterKey> {
+    let path = &c.new_master_key_file;
+    if path.exists() {
+        return Ok(MasterKey::load_file(path)?);
+    }
+    if !c.generate {
+        bail!(
+            "the new master key file {} does not exist: make it (openssl rand -base64 32 > FILE; \
+             chmod 600 FILE), or add --generate to have parley make it there",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let key = MasterKey::generate_file(path)?;
+    eprintln!(
+        "made the new master key {} in {}: keep a copy apart from the data and the key store; once \
+         the rotation switches over, losing it loses every conversation",
+        key.id(),
+        path.display()
+    );
+    Ok(key)
+}
+
+/// Where the current master key came from, as the operator names it.
+fn master_key_source(config: &KeyConfig) -> String {
+    if std::env::var_os(MASTER_KEY_VAR).is_some() {
+        format!("the value of {MASTER_KEY_VAR}")
+    } else {
+        config.master_key_file.display().to_string()
+    }
+}
+
+/// A key store that does not open for a rotation, with what to run instead.
+fn explain_open_error(e: OpenKeysError, new: &MasterKey) -> anyhow::Error {
+    let hint = match &e.source {
+        KeyError::RotationUnfinished { from, to } if *to == new.id() => format!(
+            "the rotation to master key {to} has not switched over yet, so the store still opens only \
+             with master key {from}: give that one as --master-key-file (or {MASTER_KEY_VAR}) and \
+             this new key as --new-master-key-file, and the rotation resumes"
+        ),
+        KeyError::RotationUnfinished { from, to } => format!(
+            "a rotation from master key {from} to {to} is unfinished: give {from} as --master-key-file \
+             (or {MASTER_KEY_VAR}) to resume or replace it"
+        ),
+        KeyError::RotatedOut { current, .. } => format!(
+            "the key store uses master key {current} now: give that one as --master-key-file (or \
+             {MASTER_KEY_VAR}) to rotate it"
+        ),
+        _ => return e.into(),
+    };
+    anyhow::Error::new(e).context(hint)
+}
+
+/// What an operator does once the keys are rewrapped.
+fn print_next_steps(old: MasterKeyId, old_name: &str, new: &MasterKey, c: &RotateConfig) {
+    let new_path = c.new_master_key_file.display();
+    eprintln!(
+        "next:\n  1. start every parley server with the new master key {new_id}: --master-key-file \
+         {new_path} (or {MASTER_KEY_VAR} set to its contents). The old key is refused from now on.\n  \
+         2. keep a copy of {new_path} apart from the data and the key store (a secret manager, an \
+         offline copy).\n  3. destroy the old master key {old} ({old_name}) everywhere it was kept: \
+         files, secret managers, password vaults and their backups. Until it is gone, copies of the \
+         key store from before this rotation (backups, WAL archives, replicas) still open with it.",
+        new_id = new.id(),
+    );
 }

@@ -33,6 +33,8 @@ pub enum Command {
     Webhooks(WebhooksCommand),
     /// Copy everything from one store to another (e.g. SQLite to PostgreSQL), then verify counts.
     MigrateStore(MigrateConfig),
+    /// Rewrap every data key under a new master key; content is not rewritten. Resumable.
+    RotateMasterKey(RotateConfig),
     /// List erasure receipts of hard-deleted conversations.
     Receipts {
         #[command(flatten)]
@@ -185,6 +187,21 @@ impl MigrateConfig {
                 .unwrap_or_else(|| self.from_master_key_file.clone()),
         }
     }
+}
+
+/// `parley rotate-master-key` settings.
+#[derive(Debug, Clone, Args)]
+pub struct RotateConfig {
+    /// The key store and its current master key (`--master-key-file` or `PARLEY_MASTER_KEY`).
+    #[command(flatten)]
+    pub keys: KeyConfig,
+    /// File holding the master key to rotate to (32 bytes, base64 or hex). Keep it apart from
+    /// the data and the key store, as the current one.
+    #[arg(long)]
+    pub new_master_key_file: PathBuf,
+    /// Make the new master key file (mode 0600) if it does not exist, and print its path and id.
+    #[arg(long)]
+    pub generate: bool,
 }
 
 /// `parley webhooks …`

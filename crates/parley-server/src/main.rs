@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Conversations(c) => cli::conversations(c).await,
         Command::Webhooks(c) => cli::webhooks(c).await,
         Command::MigrateStore(c) => parley_server::migrate::migrate_store(c).await,
+        Command::RotateMasterKey(c) => cli::rotate_master_key(c).await,
         Command::Receipts { store, account } => cli::receipts(store, account).await,
         Command::Jobs { store } => cli::jobs(store).await,
         Command::Verify(c) => {
@@ -62,30 +63,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         server.addr,
         data_dir.display()
     );
-    shutdown_signal().await;
+    parley_server::app::stop_signal().await;
     tracing::info!("shutting down: finishing in-flight requests and jobs");
     server.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -19,6 +19,7 @@ mod old_copy;
 mod outage;
 #[cfg(feature = "e2e")]
 mod room;
+mod rotation;
 #[cfg(feature = "e2e")]
 mod shared;
 mod support;

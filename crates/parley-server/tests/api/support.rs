@@ -30,6 +30,8 @@ pub struct Backing {
     keys: Arc<TempDir>,
     /// A key database of its own (`postgres://…`), shared by every server on this state.
     key_store: Option<String>,
+    /// The master key file, when not `master.key` in the key folder (after a rotation).
+    master_key_file: Option<PathBuf>,
     database_url: Option<String>,
     blob_url: Option<String>,
     s3_endpoint: Option<String>,
@@ -88,6 +90,7 @@ impl Backing {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
             keys,
             key_store: Some(create_database(&admin_url, "parley_keys").await),
+            master_key_file: None,
             database_url: Some(create_database(&admin_url, "parley_test").await),
             blob_url: Some(format!("s3://{bucket}/test-{}", random_suffix())),
             s3_endpoint: Some(endpoint),
@@ -101,6 +104,7 @@ impl Backing {
             dir,
             keys: key_dir(),
             key_store: None,
+            master_key_file: None,
             database_url: None,
             blob_url: None,
             s3_endpoint: None,
@@ -118,6 +122,7 @@ impl Backing {
             dir,
             keys: key_dir(),
             key_store: None,
+            master_key_file: None,
             database_url: None,
             blob_url: None,
             s3_endpoint: None,
@@ -134,6 +139,7 @@ impl Backing {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
             keys: key_dir(),
             key_store: None,
+            master_key_file: None,
             database_url: Some(database_url),
             blob_url: None,
             s3_endpoint: None,
@@ -175,6 +181,7 @@ impl Backing {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
             keys: key_dir(),
             key_store: None,
+            master_key_file: None,
             database_url: Some(database_url),
             blob_url: Some(blob_url),
             s3_endpoint: Some(s3_endpoint),
@@ -196,6 +203,9 @@ impl Backing {
         if let Some(url) = &self.key_store {
             config.keys.key_store = url.clone();
         }
+        if let Some(path) = &self.master_key_file {
+            config.keys.master_key_file = path.clone();
+        }
         config.store.database_url = self.database_url.clone();
         config.blobs.blob_url = self.blob_url.clone();
         config.blobs.s3_endpoint = self.s3_endpoint.clone();
@@ -214,6 +224,11 @@ impl Backing {
     /// The folder of this state's master key (and slot file, for the embedded key store).
     pub fn key_dir(&self) -> &Path {
         self.keys.path()
+    }
+
+    /// Points this state's servers and commands at another master key file (after a rotation).
+    pub fn use_master_key_file(&mut self, path: PathBuf) {
+        self.master_key_file = Some(path);
     }
 
     /// The flags that name this state's key store and master key.
@@ -871,5 +886,99 @@ impl Receiver {
         })
         .await;
         self.delivered()
+    }
+}
+
+/// A `parley` command running in the background, its stderr read line by line as it comes.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every stderr line read so far.
+    pub stderr: Vec<String>,
+}
+
+impl Running {
+    /// Starts `command` with stderr piped (and stdout dropped).
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Reads stderr until a line satisfies `wanted`, and returns it; `None` if the command
+    /// ended first. Panics after a minute.
+    pub fn wait_for_line(&mut self, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.stderr.push(line.clone());
+                    if wanted(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no such line within a minute; stderr so far: {:#?}", self.stderr)
+                }
+            }
+        }
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -s {name}");
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits (up to two minutes) for the command to end; its status and whole stderr.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        while self.wait_for_line(|_| false).is_some() {}
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running; stderr: {:#?}",
+                self.stderr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, std::mem::take(&mut self.stderr).join("\n"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -22,13 +22,18 @@ pub struct FoundKey {
 impl Backing {
     /// The master key that the state's servers use.
     pub fn master_key(&self) -> MasterKey {
-        MasterKey::load_file(&self.key_dir().join("master.key")).expect("the master key file")
+        MasterKey::load_file(&self.config().keys.master_key_file).expect("the master key file")
     }
 
     /// Every data key the key store holds, by conversation id, read from the store's bytes (the
     /// slot file, without its lock; or the key database's rows) and unwrapped with the master key.
     pub async fn data_keys(&self) -> HashMap<String, FoundKey> {
-        let master = self.master_key();
+        self.data_keys_under(&self.master_key()).await
+    }
+
+    /// Every data key of the key store's bytes that `master` unwraps, by conversation id: after a
+    /// rotation, none for the old master key.
+    pub async fn data_keys_under(&self, master: &MasterKey) -> HashMap<String, FoundKey> {
         let mut found = HashMap::new();
         let add =
             |found: &mut HashMap<String, FoundKey>, conversation: &str, key_id: KeyId, wrapped: &[u8]| {
