@@ -20,7 +20,7 @@ use parley_keys::{ConversationKey, DataKey, KeyError, KeyStore, content_aad};
 use parley_store::{
     Account, Asset, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo,
     EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
-    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent, table,
+    Resealed, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent, UnsealedConversation, table,
 };
 use serde_json::Value;
 
@@ -570,6 +570,26 @@ impl ConversationStore for SealedStore {
 
     async fn probe_write(&self, now: Timestamp) -> StoreResult<()> {
         self.inner.probe_write(now).await
+    }
+
+    async fn count_unsealed(&self) -> StoreResult<u64> {
+        self.inner.count_unsealed().await
+    }
+
+    async fn unsealed_conversations(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<UnsealedConversation>> {
+        self.inner.unsealed_conversations(after, limit).await
+    }
+
+    async fn reseal_conversations(&self, resealed: &[Resealed]) -> StoreResult<u64> {
+        self.inner.reseal_conversations(resealed).await
+    }
+
+    async fn compact(&self) -> StoreResult<()> {
+        self.inner.compact().await
     }
 
     async fn count_rows(&self, table: table::Table) -> StoreResult<u64> {

@@ -15,9 +15,10 @@ use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp, random_id};
 use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
-    Account, Asset, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo,
-    EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
-    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
+    DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
+    ParticipantOutcome, RawDelivery, RawEvent, Resealed, SoftDeleteOutcome, StoreError, StoreResult,
+    StoredEvent, UnsealedConversation,
 };
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
@@ -232,6 +233,11 @@ fn map_err(e: sqlx::Error) -> StoreError {
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(e))
+}
+
+/// A reseal that names a row of another conversation, or none: a caller's bug, refused whole.
+fn not_its_row(table: &str, id: &str, conversation: &ConversationId) -> StoreError {
+    StoreError::Backend(format!("{table} {id} is not a row of conversation {conversation}").into())
 }
 
 fn ts(micros: Option<i64>) -> Option<Timestamp> {
@@ -1456,6 +1462,179 @@ impl ConversationStore for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn count_unsealed(&self) -> StoreResult<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM conversation WHERE left(request_json, 4) <> 'pe1:'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(count(n))
+    }
+
+    async fn unsealed_conversations(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<UnsealedConversation>> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // One snapshot for the page's rows, as in SQLite.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let rows = sqlx::query(
+            "SELECT conversation_id, conversation_name, conversational_context, custom_greeting, request_json \
+             FROM conversation WHERE conversation_id > $1 AND left(request_json, 4) <> 'pe1:' \
+             ORDER BY conversation_id LIMIT $2",
+        )
+        .bind(after.map_or("", ConversationId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut page = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.get(0);
+            page.push(UnsealedConversation {
+                id: ConversationId::parse(&id).map_err(backend)?,
+                fields: ContentFields {
+                    conversation_name: r.get(1),
+                    conversational_context: r.get(2),
+                    custom_greeting: r.get(3),
+                    request_json: r.get(4),
+                },
+                events: Vec::new(),
+                deliveries: Vec::new(),
+                assets: Vec::new(),
+            });
+        }
+        if page.is_empty() {
+            return Ok(page);
+        }
+        let ids: Vec<&str> = page.iter().map(|c| c.id.as_str()).collect();
+        let index: std::collections::HashMap<String, usize> = page
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str().to_owned(), i))
+            .collect();
+        let events = sqlx::query(
+            "SELECT conversation_id, event_id, event_type, properties FROM event \
+             WHERE conversation_id = ANY($1) ORDER BY event_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let deliveries = sqlx::query(
+            "SELECT conversation_id, delivery_id, event_type, carries_content, payload FROM delivery \
+             WHERE conversation_id = ANY($1) ORDER BY delivery_seq",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let assets = sqlx::query(
+            "SELECT conversation_id, name, blob_key, content_type, size, created_at FROM asset \
+             WHERE conversation_id = ANY($1) ORDER BY conversation_id, name",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        for r in &events {
+            page[index[r.get::<&str, _>(0)]].events.push(RawEvent {
+                event_id: r.get(1),
+                event_type: r.get(2),
+                properties: r.get(3),
+            });
+        }
+        for r in &deliveries {
+            page[index[r.get::<&str, _>(0)]].deliveries.push(RawDelivery {
+                delivery_id: r.get(1),
+                event_type: r.get(2),
+                carries_content: r.get(3),
+                payload: r.get(4),
+            });
+        }
+        for r in &assets {
+            page[index[r.get::<&str, _>(0)]].assets.push(Asset {
+                name: r.get(1),
+                blob_key: r.get(2),
+                content_type: r.get(3),
+                size: count(r.get(4)),
+                created_at: Timestamp::from_micros(r.get(5)),
+            });
+        }
+        Ok(page)
+    }
+
+    async fn reseal_conversations(&self, resealed: &[Resealed]) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut applied = 0;
+        for r in resealed {
+            // The row lock this takes makes a second process resealing the same conversation
+            // wait, then find it sealed (the condition is checked again after the wait).
+            let done = sqlx::query(
+                "UPDATE conversation SET conversation_name = $1, conversational_context = $2, \
+                 custom_greeting = $3, request_json = $4 \
+                 WHERE conversation_id = $5 AND left(request_json, 4) <> 'pe1:'",
+            )
+            .bind(&r.fields.conversation_name)
+            .bind(&r.fields.conversational_context)
+            .bind(&r.fields.custom_greeting)
+            .bind(&r.fields.request_json)
+            .bind(r.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            for (event_id, properties) in &r.events {
+                let done = sqlx::query(
+                    "UPDATE event SET properties = $1 WHERE event_id = $2 AND conversation_id = $3",
+                )
+                .bind(properties)
+                .bind(event_id)
+                .bind(r.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(not_its_row("event", &event_id.to_string(), &r.id));
+                }
+            }
+            for (delivery_id, payload) in &r.deliveries {
+                let done = sqlx::query(
+                    "UPDATE delivery SET payload = $1 WHERE delivery_id = $2 AND conversation_id = $3",
+                )
+                .bind(payload)
+                .bind(delivery_id)
+                .bind(r.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(not_its_row("delivery", delivery_id, &r.id));
+                }
+            }
+            applied += 1;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(applied)
+    }
+
+    async fn compact(&self) -> StoreResult<()> {
+        // The tables where content is rewritten in place; VACUUM FULL writes each into a new
+        // file without its dead tuples and removes the old one. It cannot run in a transaction.
+        sqlx::raw_sql("VACUUM FULL conversation, event, delivery")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp, random_id};
 use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
-    Account, Asset, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo,
-    EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
-    SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
+    DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
+    ParticipantOutcome, RawDelivery, RawEvent, Resealed, SoftDeleteOutcome, StoreError, StoreResult,
+    StoredEvent, UnsealedConversation,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -145,6 +146,11 @@ fn map_err(e: sqlx::Error) -> StoreError {
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(e))
+}
+
+/// A reseal that names a row of another conversation, or none: a caller's bug, refused whole.
+fn not_its_row(table: &str, id: &str, conversation: &ConversationId) -> StoreError {
+    StoreError::Backend(format!("{table} {id} is not a row of conversation {conversation}").into())
 }
 
 fn ts(micros: Option<i64>) -> Option<Timestamp> {
@@ -1381,6 +1387,185 @@ impl ConversationStore for SqliteStore {
         Ok(())
     }
 
+    async fn count_unsealed(&self) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM conversation WHERE substr(request_json, 1, 4) <> 'pe1:'",
+        )
+        .fetch_one(&self.readers)
+        .await
+        .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn unsealed_conversations(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<UnsealedConversation>> {
+        // One read transaction: the rows of a page are one snapshot.
+        let mut tx = self.readers.begin().await.map_err(map_err)?;
+        let rows = sqlx::query(
+            "SELECT conversation_id, conversation_name, conversational_context, custom_greeting, request_json \
+             FROM conversation WHERE conversation_id > ?1 AND substr(request_json, 1, 4) <> 'pe1:' \
+             ORDER BY conversation_id LIMIT ?2",
+        )
+        .bind(after.map_or("", ConversationId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut page = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.get(0);
+            page.push(UnsealedConversation {
+                id: ConversationId::parse(&id).map_err(backend)?,
+                fields: ContentFields {
+                    conversation_name: r.get(1),
+                    conversational_context: r.get(2),
+                    custom_greeting: r.get(3),
+                    request_json: r.get(4),
+                },
+                events: Vec::new(),
+                deliveries: Vec::new(),
+                assets: Vec::new(),
+            });
+        }
+        if page.is_empty() {
+            return Ok(page);
+        }
+        // The page's ids as one JSON array: `IN (SELECT value FROM json_each(?))` takes any
+        // number of them as a single parameter.
+        let ids = serde_json::to_string(&page.iter().map(|c| c.id.as_str()).collect::<Vec<_>>())
+            .map_err(backend)?;
+        let index: std::collections::HashMap<String, usize> = page
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str().to_owned(), i))
+            .collect();
+        let events = sqlx::query(
+            "SELECT conversation_id, event_id, event_type, properties FROM event \
+             WHERE conversation_id IN (SELECT value FROM json_each(?)) ORDER BY event_id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for r in &events {
+            page[index[r.get::<&str, _>(0)]].events.push(RawEvent {
+                event_id: r.get(1),
+                event_type: r.get(2),
+                properties: r.get(3),
+            });
+        }
+        let deliveries = sqlx::query(
+            "SELECT conversation_id, delivery_id, event_type, carries_content, payload FROM delivery \
+             WHERE conversation_id IN (SELECT value FROM json_each(?)) ORDER BY delivery_seq",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for r in &deliveries {
+            page[index[r.get::<&str, _>(0)]].deliveries.push(RawDelivery {
+                delivery_id: r.get(1),
+                event_type: r.get(2),
+                carries_content: r.get(3),
+                payload: r.get(4),
+            });
+        }
+        let assets = sqlx::query(
+            "SELECT conversation_id, name, blob_key, content_type, size, created_at FROM asset \
+             WHERE conversation_id IN (SELECT value FROM json_each(?)) ORDER BY conversation_id, name",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for r in &assets {
+            page[index[r.get::<&str, _>(0)]].assets.push(Asset {
+                name: r.get(1),
+                blob_key: r.get(2),
+                content_type: r.get(3),
+                size: u64::try_from(r.get::<i64, _>(4)).unwrap_or(0),
+                created_at: Timestamp::from_micros(r.get(5)),
+            });
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(page)
+    }
+
+    async fn reseal_conversations(&self, resealed: &[Resealed]) -> StoreResult<u64> {
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let mut applied = 0;
+        for r in resealed {
+            let done = sqlx::query(
+                "UPDATE conversation SET conversation_name = ?1, conversational_context = ?2, \
+                 custom_greeting = ?3, request_json = ?4 \
+                 WHERE conversation_id = ?5 AND substr(request_json, 1, 4) <> 'pe1:'",
+            )
+            .bind(&r.fields.conversation_name)
+            .bind(&r.fields.conversational_context)
+            .bind(&r.fields.custom_greeting)
+            .bind(&r.fields.request_json)
+            .bind(r.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            for (event_id, properties) in &r.events {
+                let done =
+                    sqlx::query("UPDATE event SET properties = ? WHERE event_id = ? AND conversation_id = ?")
+                        .bind(properties)
+                        .bind(event_id)
+                        .bind(r.id.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(not_its_row("event", &event_id.to_string(), &r.id));
+                }
+            }
+            for (delivery_id, payload) in &r.deliveries {
+                let done = sqlx::query(
+                    "UPDATE delivery SET payload = ? WHERE delivery_id = ? AND conversation_id = ?",
+                )
+                .bind(payload)
+                .bind(delivery_id)
+                .bind(r.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(not_its_row("delivery", delivery_id, &r.id));
+                }
+            }
+            applied += 1;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(applied)
+    }
+
+    async fn compact(&self) -> StoreResult<()> {
+        // VACUUM writes the whole database anew, without free pages or the unallocated space of
+        // pages, where rewritten rows leave their old bytes; it goes through the WAL, which the
+        // checkpoint then empties.
+        sqlx::raw_sql("VACUUM")
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        for _ in 0..50 {
+            if self.erase_residue().await? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(StoreError::Unavailable(
+            "the WAL could not be emptied after VACUUM: a reader held it for 5 s".into(),
+        ))
+    }
+
     async fn count_rows(&self, table: Table) -> StoreResult<u64> {
         let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", table.name()))
             .fetch_one(&self.readers)
@@ -1552,6 +1737,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(probes, 1, "the probe rewrites one row");
+    }
+
+    #[tokio::test]
+    async fn finding_unsealed_conversations_reads_only_the_partial_index_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        for sql in [
+            "SELECT COUNT(*) FROM conversation WHERE substr(request_json, 1, 4) <> 'pe1:'",
+            "SELECT conversation_id, request_json FROM conversation \
+             WHERE conversation_id > '' AND substr(request_json, 1, 4) <> 'pe1:' \
+             ORDER BY conversation_id LIMIT 10",
+        ] {
+            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(&store.readers)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(3))
+                .collect();
+            // A scan of the partial index is a scan of the unsealed conversations alone.
+            assert!(
+                plan.iter().all(|d| d.contains("INDEX conversation_unsealed")),
+                "{sql}: {plan:?}"
+            );
+        }
+        // The store's own queries spell the index's expression exactly.
+        let source = include_str!("lib.rs");
+        assert!(source.matches("substr(request_json, 1, 4) <> 'pe1:'").count() >= 4);
+        assert_eq!(parley_store::SEALED_PREFIX, "pe1:");
     }
 
     #[tokio::test]

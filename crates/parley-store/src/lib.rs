@@ -325,6 +325,63 @@ pub struct DeliveryFilter<'a> {
     pub failed_only: bool,
 }
 
+/// What starts a sealed `request_json` (the text form of a sealed value, `parley_keys`'
+/// `SEALED_TEXT_PREFIX`): a conversation whose `request_json` does not start with it was stored
+/// in plaintext by an older parley. The backends' `conversation_unsealed` index spells it out.
+pub const SEALED_PREFIX: &str = "pe1:";
+
+/// The four content fields of a conversation row, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentFields {
+    pub conversation_name: Option<String>,
+    pub conversational_context: Option<String>,
+    pub custom_greeting: Option<String>,
+    pub request_json: String,
+}
+
+/// An event row as stored, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub event_id: i64,
+    pub event_type: String,
+    /// The properties column: JSON text.
+    pub properties: String,
+}
+
+/// A delivery row's content as stored, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDelivery {
+    pub delivery_id: String,
+    pub event_type: String,
+    pub carries_content: bool,
+    /// The envelope as sent, JSON text.
+    pub payload: String,
+}
+
+/// A conversation whose content is not sealed yet (written by an older parley), with every row
+/// that holds content, as stored: what sealing a store in place reads.
+#[derive(Debug, Clone)]
+pub struct UnsealedConversation {
+    pub id: ConversationId,
+    pub fields: ContentFields,
+    /// Oldest first.
+    pub events: Vec<RawEvent>,
+    /// Oldest first, whatever their status.
+    pub deliveries: Vec<RawDelivery>,
+    pub assets: Vec<Asset>,
+}
+
+/// New values for a conversation's content rows: see [`ConversationStore::reseal_conversations`].
+#[derive(Debug, Clone)]
+pub struct Resealed {
+    pub id: ConversationId,
+    pub fields: ContentFields,
+    /// `(event_id, properties)` for each event to rewrite.
+    pub events: Vec<(i64, String)>,
+    /// `(delivery_id, payload)` for each delivery to rewrite.
+    pub deliveries: Vec<(String, String)>,
+}
+
 /// What a participant's join did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ParticipantOutcome {
@@ -530,6 +587,32 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn erase_residue(&self) -> StoreResult<bool>;
     /// Rewrites one tiny row, to learn whether writes work again after a full disk.
     async fn probe_write(&self, now: Timestamp) -> StoreResult<()>;
+    // --- sealing a store written by an older parley in place ---
+
+    /// Conversations whose `request_json` does not start with [`SEALED_PREFIX`]: content an older
+    /// parley stored in plaintext. Cheap when there are none (a partial index holds only them).
+    async fn count_unsealed(&self) -> StoreResult<u64>;
+    /// Up to `limit` such conversations in id order, after `after`, each with its content rows
+    /// (fields, events, deliveries, assets) as stored, read in one snapshot.
+    async fn unsealed_conversations(
+        &self,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<UnsealedConversation>>;
+    /// Rewrites the content rows of each conversation: its four fields, and the events and
+    /// deliveries named, all in one transaction, so no conversation is ever left half rewritten.
+    ///
+    /// A conversation that is gone, or whose `request_json` starts with [`SEALED_PREFIX`] by now
+    /// (another process got there first), is skipped whole. An event or delivery that is not the
+    /// conversation's fails the whole call and changes nothing. Returns how many conversations
+    /// were rewritten.
+    async fn reseal_conversations(&self, resealed: &[Resealed]) -> StoreResult<u64>;
+    /// Rewrites the database files so that rows since rewritten or deleted leave no bytes in
+    /// their free space (SQLite: `VACUUM`, then the WAL emptied; PostgreSQL: `VACUUM FULL` of
+    /// the content tables, which locks them while it runs). Old copies in backups, WAL archives
+    /// and replicas are out of its reach.
+    async fn compact(&self) -> StoreResult<()>;
+
     // --- copying between stores (`parley migrate-store`) ---
 
     /// Rows of a table.

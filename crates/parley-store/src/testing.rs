@@ -15,6 +15,7 @@ pub mod delete;
 pub mod delivery;
 pub mod job;
 pub mod receipt;
+pub mod reseal;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -82,6 +83,10 @@ macro_rules! store_contract {
             copy::an_export_pages_by_key_and_visits_every_row_once,
             copy::an_import_rerun_after_a_partial_copy_completes_it,
             copy::a_copied_store_numbers_new_rows_after_the_copied_ones,
+            reseal::unsealed_conversations_come_a_page_at_a_time_with_every_content_row,
+            reseal::resealing_rewrites_every_content_row_of_a_conversation_at_once,
+            reseal::a_reseal_naming_another_conversations_row_changes_nothing,
+            reseal::compacting_keeps_every_row,
         );
     };
     (@each $fresh:expr; $($module:ident :: $name:ident),+ $(,)?) => {
@@ -340,6 +345,7 @@ mod tests {
             ("delivery", include_str!("testing/delivery.rs")),
             ("job", include_str!("testing/job.rs")),
             ("receipt", include_str!("testing/receipt.rs")),
+            ("reseal", include_str!("testing/reseal.rs")),
         ];
         let mut count = 0;
         for (module, source) in modules {
