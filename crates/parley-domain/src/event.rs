@@ -38,6 +38,20 @@ impl EventType {
     pub const fn carries_content(self) -> bool {
         !matches!(self, Self::ReplicaJoined | Self::Shutdown)
     }
+
+    /// Every event type, so parsing cannot miss one.
+    pub const ALL: [Self; 5] = [
+        Self::ReplicaJoined,
+        Self::Shutdown,
+        Self::TranscriptionReady,
+        Self::PerceptionAnalysis,
+        Self::RecordingReady,
+    ];
+
+    /// Parses the wire `event_type`, as stored.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
 }
 
 /// A webhook delivery to queue: the envelope exactly as every attempt sends it.
@@ -151,6 +165,14 @@ mod tests {
             event.delivery(&id(), Some("https://hooks.example.com/x"), true),
             None
         );
+    }
+
+    #[test]
+    fn every_event_type_round_trips_through_its_wire_form() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("application.unknown"), None);
     }
 
     #[test]

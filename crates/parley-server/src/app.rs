@@ -17,6 +17,7 @@ use crate::config::{BlobConfig, Database, KeyConfig, KeyStoreLocation, ServeConf
 use crate::disk::Disk;
 use crate::sealed::SealedStore;
 use crate::state::{AppState, Settings};
+use crate::upgrade::{self, SealInPlace};
 use crate::webhook::{self, WebhookSettings};
 use crate::{http, jobs, keys};
 
@@ -249,19 +250,32 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         config.job_lease,
         config.webhook_timeout
     );
-    let (lock, disk) = match config.store.database()? {
+    let (lock, disk, compaction_marker) = match config.store.database()? {
         Database::Sqlite(path) => {
             let lock = lock_database(&path)?;
             // Beside the database, so it frees space where SQLite needs it.
             let disk = Disk::with_reserve(path.with_extension("reserve"), config.disk_reserve_bytes).await?;
-            (Some(lock), disk)
+            (Some(lock), disk, Some(upgrade::compaction_marker(&path)))
         }
         // A shared database has many servers; their leases expire on their own. Its disk is the
         // database server's, where a file of ours would hold nothing back.
-        Database::Postgres(_) => (None, Disk::without_reserve()),
+        Database::Postgres(_) => (None, Disk::without_reserve(), None),
     };
     let store = with_room(&disk, || open_store(&config.store)).await?;
     let keys = open_keys(&config.keys).await?;
+    let blobs = open_blobs(&config.blobs, &config.store)?;
+    // Before anything reads or writes content: what an older parley stored in plaintext is
+    // sealed first (a store already sealed costs one look at an empty index).
+    upgrade::seal_in_place(SealInPlace {
+        store: store.as_ref(),
+        keys: keys.store.as_ref(),
+        blobs: &blobs,
+        batch_size: upgrade::DEFAULT_BATCH,
+        compaction_marker,
+        always_compact: false,
+    })
+    .await
+    .context("sealing the content an older parley stored in plaintext")?;
     let store = Arc::new(SealedStore::new(store, keys.store));
     if lock.is_some() {
         // We hold the database's lock, so any lease in the job table belongs to a dead process.
@@ -278,7 +292,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         } else {
             None
         };
-    let blobs = open_blobs(&config.blobs, &config.store)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

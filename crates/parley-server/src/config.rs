@@ -35,6 +35,9 @@ pub enum Command {
     MigrateStore(MigrateConfig),
     /// Rewrap every data key under a new master key; content is not rewritten. Resumable.
     RotateMasterKey(RotateConfig),
+    /// Seal the content an older parley stored in plaintext (what `serve` does at start), then
+    /// compact the database. Resumable.
+    EncryptStore(EncryptConfig),
     /// List erasure receipts of hard-deleted conversations.
     Receipts {
         #[command(flatten)]
@@ -202,6 +205,21 @@ pub struct RotateConfig {
     /// Make the new master key file (mode 0600) if it does not exist, and print its path and id.
     #[arg(long)]
     pub generate: bool,
+}
+
+/// `parley encrypt-store` settings.
+#[derive(Debug, Clone, Args)]
+pub struct EncryptConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+    #[command(flatten)]
+    pub blobs: BlobConfig,
+    /// The key store (made, with a master key, if it does not exist yet) and its master key.
+    #[command(flatten)]
+    pub keys: KeyConfig,
+    /// Conversations sealed per transaction (and per key store sync).
+    #[arg(long, default_value_t = crate::upgrade::DEFAULT_BATCH, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
 }
 
 /// `parley webhooks …`

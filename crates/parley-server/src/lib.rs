@@ -15,6 +15,7 @@ pub mod progress;
 pub mod sealed;
 pub mod service;
 pub mod state;
+pub mod upgrade;
 pub mod verify;
 pub mod webhook;
 

@@ -17,6 +17,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhooks(c) => cli::webhooks(c).await,
         Command::MigrateStore(c) => parley_server::migrate::migrate_store(c).await,
         Command::RotateMasterKey(c) => cli::rotate_master_key(c).await,
+        Command::EncryptStore(c) => {
+            // What it logs (a master key made, what was sealed) is for the operator running it.
+            tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new("info"))
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            parley_server::upgrade::encrypt_store(c).await
+        }
         Command::Receipts { store, account } => cli::receipts(store, account).await,
         Command::Jobs { store } => cli::jobs(store).await,
         Command::Verify(c) => {

@@ -18,9 +18,10 @@ use bytes::Bytes;
 use parley_domain::{Conversation, ConversationId, Event, Status, Timestamp};
 use parley_keys::{ConversationKey, DataKey, KeyError, KeyStore, content_aad};
 use parley_store::{
-    Account, Asset, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter, DeliveryInfo,
-    EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo, ParticipantOutcome,
-    Resealed, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent, UnsealedConversation, table,
+    Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
+    DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
+    ParticipantOutcome, Resealed, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    UnsealedConversation, table,
 };
 use serde_json::Value;
 
@@ -114,12 +115,21 @@ impl SealedStore {
 
     /// The conversation with its content fields sealed under `key`.
     pub fn seal_conversation(key: &DataKey, c: &Conversation) -> Conversation {
-        let seal = |field: &str, value: &str| key.seal_text(&content_aad(&c.id, field), value);
+        let fields = seal_fields(
+            key,
+            &c.id,
+            &ContentFields {
+                conversation_name: c.conversation_name.clone(),
+                conversational_context: c.conversational_context.clone(),
+                custom_greeting: c.custom_greeting.clone(),
+                request_json: c.request_json.clone(),
+            },
+        );
         let mut sealed = c.clone();
-        sealed.conversation_name = c.conversation_name.as_deref().map(|v| seal(NAME, v));
-        sealed.conversational_context = c.conversational_context.as_deref().map(|v| seal(CONTEXT, v));
-        sealed.custom_greeting = c.custom_greeting.as_deref().map(|v| seal(GREETING, v));
-        sealed.request_json = seal(REQUEST, &c.request_json);
+        sealed.conversation_name = fields.conversation_name;
+        sealed.conversational_context = fields.conversational_context;
+        sealed.custom_greeting = fields.custom_greeting;
+        sealed.request_json = fields.request_json;
         sealed
     }
 
@@ -154,11 +164,11 @@ impl SealedStore {
         if !event.event_type.carries_content() {
             return event.clone();
         }
-        let aad = content_aad(id, &event_field(event.event_type.as_str()));
+        let properties = seal_properties(key, id, event.event_type.as_str(), &event.properties.to_string());
         Event {
             event_type: event.event_type,
             timestamp: event.timestamp,
-            properties: Value::String(key.seal_text(&aad, &event.properties.to_string())),
+            properties: Value::String(properties),
         }
     }
 
@@ -208,6 +218,29 @@ impl SealedStore {
 /// under `key`: proof that a key is the one the conversation's content was sealed under.
 pub fn request_opens(key: &DataKey, id: &ConversationId, sealed_request: &str) -> bool {
     key.open_text(&content_aad(id, REQUEST), sealed_request).is_ok()
+}
+
+/// Seals a conversation's four content fields, each bound to its field.
+pub(crate) fn seal_fields(key: &DataKey, id: &ConversationId, fields: &ContentFields) -> ContentFields {
+    let seal = |field: &str, value: &str| key.seal_text(&content_aad(id, field), value);
+    ContentFields {
+        conversation_name: fields.conversation_name.as_deref().map(|v| seal(NAME, v)),
+        conversational_context: fields.conversational_context.as_deref().map(|v| seal(CONTEXT, v)),
+        custom_greeting: fields.custom_greeting.as_deref().map(|v| seal(GREETING, v)),
+        request_json: seal(REQUEST, &fields.request_json),
+    }
+}
+
+/// Seals an event's properties (JSON text) into the text form stored as a JSON string, in the
+/// event row and in its delivery's envelope alike; the event type is bound in.
+pub(crate) fn seal_properties(key: &DataKey, id: &ConversationId, event_type: &str, json: &str) -> String {
+    key.seal_text(&content_aad(id, &event_field(event_type)), json)
+}
+
+/// Whether a blob's bytes open as sealed under the conversation's key, without a word in the log
+/// when they do not (sealing in place asks this of every plaintext blob).
+pub(crate) fn blob_opens(key: &DataKey, id: &ConversationId, blob_key: &str, bytes: &[u8]) -> bool {
+    key.open(&content_aad(id, &blob_field(blob_key)), bytes).is_ok()
 }
 
 /// Seals a blob's bytes under the conversation's key, bound to the blob's key in the store.

@@ -24,5 +24,6 @@ mod rotation;
 mod shared;
 mod support;
 mod timers;
+mod upgrade;
 mod verify;
 mod webhooks;

@@ -7,11 +7,9 @@ use std::process::Command;
 
 use parley_domain::{ConversationId, Timestamp};
 use parley_keys::{KeyStoreStatus, MasterKey};
-use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use serde_json::json;
 
-use crate::support::{Backing, Running, TestApp, parley};
+use crate::support::{Backing, Running, TestApp, parley, view};
 
 /// `parley rotate-master-key` on `backing`'s key store and master key, to the key in `new`.
 fn rotate(backing: &Backing, new: &Path, extra: &[&str]) -> Command {
@@ -24,40 +22,6 @@ fn rotate(backing: &Backing, new: &Path, extra: &[&str]) -> Command {
         .args(extra)
         .env_remove("PARLEY_MASTER_KEY");
     command
-}
-
-/// What a client reads of a conversation: its verbose view (links with the servers' addresses
-/// taken out, as they change between servers) and the SHA-256 of its recording.
-pub async fn view(app: &TestApp, id: &str) -> (Value, Option<String>) {
-    let (status, conversation) = app
-        .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{id}: {conversation}");
-    let conversation = serde_json::from_str(&without_addresses(&conversation.to_string())).unwrap();
-    let res = app
-        .req(Method::GET, &format!("/v2/conversations/{id}/recording"))
-        .send()
-        .await
-        .unwrap();
-    let recording = match res.status() {
-        StatusCode::OK => Some(hex::encode(Sha256::digest(res.bytes().await.unwrap()))),
-        _ => None,
-    };
-    (conversation, recording)
-}
-
-/// `text` with every `http://127.0.0.1:PORT` replaced by `BASE`.
-fn without_addresses(text: &str) -> String {
-    const LOCAL: &str = "http://127.0.0.1:";
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(LOCAL) {
-        out.push_str(&rest[..at]);
-        out.push_str("BASE");
-        rest = rest[at + LOCAL.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Every conversation's `request_json` as stored: sealed, and the same bytes after a rotation.

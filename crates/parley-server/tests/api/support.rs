@@ -2,6 +2,7 @@
 
 pub mod content_copy;
 pub mod keys;
+pub mod plaintext;
 pub mod verify;
 
 use std::io::{BufRead, BufReader};
@@ -16,6 +17,7 @@ use parley_blobs::Blobs;
 use parley_server::{ServeConfig, Server};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use tempfile::TempDir;
@@ -273,6 +275,24 @@ impl Backing {
         }
     }
 
+    /// A connection that may write, to put the state back as an older parley left it.
+    pub async fn db_writable(&self) -> TestDb {
+        sqlx::any::install_default_drivers();
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir().join("parley.db").display()),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb {
+            pool,
+            postgres: !self.is_sqlite(),
+        }
+    }
+
     /// The blob store, to check objects directly.
     pub fn blobs(&self) -> Blobs {
         match &self.blob_url {
@@ -365,6 +385,16 @@ impl TestDb {
             q = q.bind(*b);
         }
         q.fetch_all(&self.pool).await.unwrap()
+    }
+
+    /// A statement with text binds (`None` for NULL); the rows it changed.
+    pub async fn execute(&self, sql: &str, binds: &[Option<&str>]) -> u64 {
+        let sql = self.sql(sql);
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.execute(&self.pool).await.unwrap().rows_affected()
     }
 
     /// `SELECT COUNT(*) …` (or any integer) with one bound id.
@@ -922,7 +952,10 @@ impl Running {
     /// Reads stderr until a line satisfies `wanted`, and returns it; `None` if the command
     /// ended first. Panics after a minute.
     pub fn wait_for_line(&mut self, wanted: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.read_until(Instant::now() + Duration::from_secs(60), wanted)
+    }
+
+    fn read_until(&mut self, deadline: Instant, wanted: impl Fn(&str) -> bool) -> Option<String> {
         loop {
             match self
                 .lines
@@ -936,7 +969,7 @@ impl Running {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("no such line within a minute; stderr so far: {:#?}", self.stderr)
+                    panic!("no such line in time; stderr so far: {:#?}", self.stderr)
                 }
             }
         }
@@ -957,10 +990,10 @@ impl Running {
         self.child.wait().unwrap();
     }
 
-    /// Waits (up to two minutes) for the command to end; its status and whole stderr.
+    /// Waits (up to five minutes) for the command to end; its status and whole stderr.
     pub fn finish(mut self) -> (std::process::ExitStatus, String) {
-        while self.wait_for_line(|_| false).is_some() {}
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        self.read_until(deadline, |_| false);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
@@ -981,4 +1014,38 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a client reads of a conversation: its verbose view (links with the servers' addresses
+/// taken out, as they change between servers) and the SHA-256 of its recording.
+pub async fn view(app: &TestApp, id: &str) -> (Value, Option<String>) {
+    let (status, conversation) = app
+        .call(Method::GET, &format!("/v2/conversations/{id}?verbose=true"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{id}: {conversation}");
+    let conversation = serde_json::from_str(&without_addresses(&conversation.to_string())).unwrap();
+    let res = app
+        .req(Method::GET, &format!("/v2/conversations/{id}/recording"))
+        .send()
+        .await
+        .unwrap();
+    let recording = match res.status() {
+        StatusCode::OK => Some(hex::encode(Sha256::digest(res.bytes().await.unwrap()))),
+        _ => None,
+    };
+    (conversation, recording)
+}
+
+/// `text` with every `http://127.0.0.1:PORT` replaced by `BASE`.
+fn without_addresses(text: &str) -> String {
+    const LOCAL: &str = "http://127.0.0.1:";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(LOCAL) {
+        out.push_str(&rest[..at]);
+        out.push_str("BASE");
+        rest = rest[at + LOCAL.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
 }
