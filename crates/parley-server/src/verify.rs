@@ -806,7 +806,9 @@ async fn repair(o: &Opened, s: &Scan, findings: &mut [Finding]) -> anyhow::Resul
         .any(has);
         let result = if has(Kind::Unsealed) {
             Some(Repair::Left(
-                "its content was stored before sealing; erasing it is the operator's call".into(),
+                "its content was stored before sealing: `parley encrypt-store` seals it; erasing it is \
+                 the operator's call"
+                    .into(),
             ))
         } else if erase && unrelated {
             Some(Repair::Left(unrelated_stores()))
