@@ -52,6 +52,24 @@ impl ShutdownReason {
             Self::BotCouldNotJoin => "bot_could_not_join_meeting_it_was_probably_ended",
         }
     }
+
+    /// A stored `shutdown_reason` in words, for people; unknown reasons get a plain sentence.
+    ///
+    /// Takes the raw string because stored reasons include documented ones parley never writes
+    /// itself, and the documentation spells the timer reasons both with and without ` reached`.
+    pub fn describe(raw: &str) -> &'static str {
+        match raw.strip_suffix(" reached").unwrap_or(raw) {
+            "end_conversation_endpoint_hit" => "The call was ended.",
+            "conversation_deleted" | "deleted" => "The conversation was deleted.",
+            "max_call_duration" => "The call reached its maximum duration.",
+            "participant_left_timeout" => "Everyone left the call, and nobody came back in time.",
+            "participant_absent_timeout" => "Nobody joined the call in time.",
+            "bot_could_not_join_meeting_it_was_probably_ended" => "The replica could not join the call.",
+            "daily_room_has_been_deleted" => "The call's room was deleted.",
+            "exception_encountered_during_conversation_startup" => "The call could not start.",
+            _ => "The call has ended.",
+        }
+    }
 }
 
 /// A stored conversation, as the API shows it and the simulated replica needs it.
@@ -95,5 +113,46 @@ impl Conversation {
     pub fn duration_secs(&self) -> u64 {
         let start = self.joined_at.unwrap_or(self.created_at);
         self.ended_at.map_or(0, |end| end.secs_since(start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_parley_writes_has_its_own_words() {
+        let reasons = [
+            ShutdownReason::EndEndpointHit,
+            ShutdownReason::Deleted,
+            ShutdownReason::MaxCallDuration,
+            ShutdownReason::ParticipantLeftTimeout,
+            ShutdownReason::ParticipantAbsentTimeout,
+            ShutdownReason::BotCouldNotJoin,
+        ];
+        let mut words: Vec<&str> = reasons
+            .iter()
+            .map(|r| ShutdownReason::describe(r.as_str()))
+            .collect();
+        assert!(!words.contains(&ShutdownReason::describe("something new")));
+        words.sort_unstable();
+        words.dedup();
+        assert_eq!(words.len(), reasons.len());
+    }
+
+    #[test]
+    fn timer_reasons_read_the_same_with_or_without_reached() {
+        assert_eq!(
+            ShutdownReason::describe("max_call_duration"),
+            "The call reached its maximum duration."
+        );
+        assert_eq!(
+            ShutdownReason::describe("max_call_duration reached"),
+            "The call reached its maximum duration."
+        );
+        assert_eq!(
+            ShutdownReason::describe("internal error occurred at step 3"),
+            "The call has ended."
+        );
     }
 }
