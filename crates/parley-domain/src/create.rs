@@ -130,13 +130,75 @@ pub struct Properties {
     pub aws_assume_role_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_storage: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Its schema is not public, so any JSON value is kept as sent.
+    /// Its schema is not public: a room URL or an object, kept as sent (checked in `validate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_room: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub livekit_ws_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub livekit_room_token: Option<String>,
+}
+
+/// Where a call's participants meet the replica.
+///
+/// parley simulates media for none of them; the difference is who can join. In its own room
+/// (`conversation_url`) people join through parley; on the others they would join elsewhere,
+/// where parley cannot see them, so no absent timer runs (see `docs/API.md`, Timers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// parley's room page at `conversation_url`.
+    Room,
+    /// An external meeting (`meeting_url`): Meet, Zoom, Teams.
+    MeetingUrl,
+    /// A LiveKit room (`properties.livekit_ws_url`, `properties.livekit_room_token`).
+    LiveKit,
+    /// The caller's own Daily room (`properties.daily_room`).
+    DailyRoom,
+}
+
+impl Transport {
+    /// The name the room state shows.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Room => "room",
+            Self::MeetingUrl => "meeting_url",
+            Self::LiveKit => "livekit",
+            Self::DailyRoom => "daily_room",
+        }
+    }
+
+    /// Whether people join the call somewhere other than parley's room.
+    pub const fn is_external(self) -> bool {
+        !matches!(self, Self::Room)
+    }
+
+    /// The transport of a stored request (`Conversation::request_json`); unreadable means the room.
+    pub fn of_request_json(raw: &str) -> Self {
+        serde_json::from_str::<CreateConversation>(raw).map_or(Self::Room, |r| r.transports()[0].0)
+    }
+}
+
+impl CreateConversation {
+    /// Every transport the request names, with the field that names it; `Room` alone if none.
+    fn transports(&self) -> Vec<(Transport, &'static str)> {
+        let props = self.properties.as_ref();
+        let mut found = Vec::new();
+        if self.meeting_url.is_some() {
+            found.push((Transport::MeetingUrl, "meeting_url"));
+        }
+        if props.is_some_and(|p| p.livekit_ws_url.is_some()) {
+            found.push((Transport::LiveKit, "properties.livekit_ws_url"));
+        } else if props.is_some_and(|p| p.livekit_room_token.is_some()) {
+            found.push((Transport::LiveKit, "properties.livekit_room_token"));
+        }
+        if props.is_some_and(|p| p.daily_room.is_some()) {
+            found.push((Transport::DailyRoom, "properties.daily_room"));
+        }
+        if found.is_empty() {
+            found.push((Transport::Room, "conversation_url"));
+        }
+        found
+    }
 }
 
 /// Booleans that also arrive as strings: the official OpenAPI example sends `audio_only: 'false'`.
@@ -193,6 +255,8 @@ pub struct NewConversation {
     pub max_call_duration: u32,
     pub participant_left_timeout: u32,
     pub participant_absent_timeout: u32,
+    /// Where people join; only parley's own room runs the absent timer.
+    pub transport: Transport,
 }
 
 impl NewConversation {
@@ -246,6 +310,7 @@ impl NewConversation {
                 check_http_url(name, raw)?;
             }
         }
+        let transport = check_transport(&request)?;
         if let Some(strategy) = &request.document_retrieval_strategy
             && !matches!(strategy.as_str(), "speed" | "quality" | "balanced")
         {
@@ -278,6 +343,7 @@ impl NewConversation {
                 .min(limits.max_call_duration_cap),
             participant_left_timeout: props.participant_left_timeout.unwrap_or(0),
             participant_absent_timeout: props.participant_absent_timeout.unwrap_or(300),
+            transport,
             request,
         })
     }
@@ -301,6 +367,45 @@ fn pick_alias<'a>(
         (Some(a), _) => Ok(Some(a)),
         (None, b) => Ok(b),
     }
+}
+
+/// One transport at most, each with fields of the right shape.
+fn check_transport(request: &CreateConversation) -> Result<Transport, ValidationError> {
+    let found = request.transports();
+    if let [(_, first), (_, second), ..] = found.as_slice() {
+        return Err(ValidationError::field(
+            second,
+            format!("a conversation has one transport, and {first} already names one"),
+        ));
+    }
+    if let Some(props) = &request.properties {
+        if let Some(raw) = &props.livekit_ws_url {
+            let url =
+                url::Url::parse(raw).map_err(|e| ValidationError::field("properties.livekit_ws_url", e))?;
+            if !matches!(url.scheme(), "ws" | "wss" | "http" | "https") || url.host_str().is_none() {
+                return Err(ValidationError::field(
+                    "properties.livekit_ws_url",
+                    "expected a ws, wss, http or https URL",
+                ));
+            }
+        }
+        if props.livekit_room_token.as_deref() == Some("") {
+            return Err(ValidationError::field(
+                "properties.livekit_room_token",
+                "must not be empty",
+            ));
+        }
+        // Its schema is not public: a room URL or an object of settings, kept as sent.
+        if let Some(room) = &props.daily_room
+            && !(room.is_string() || room.is_object())
+        {
+            return Err(ValidationError::field(
+                "properties.daily_room",
+                "expected a Daily room URL or an object",
+            ));
+        }
+    }
+    Ok(found[0].0)
 }
 
 fn check_http_url(name: &str, raw: &str) -> Result<(), ValidationError> {
@@ -410,5 +515,48 @@ mod tests {
                 .starts_with("Invalid callback_url")
         );
         assert!(parse(r#"{"callback_url":"http://127.0.0.1:9/hook"}"#).is_ok());
+    }
+
+    #[test]
+    fn the_transport_comes_from_meeting_url_livekit_or_daily_room() {
+        assert_eq!(parse("").unwrap().transport, Transport::Room);
+        let c = parse(r#"{"meeting_url":"https://meet.example/abc"}"#).unwrap();
+        assert_eq!(c.transport, Transport::MeetingUrl);
+        let c = parse(r#"{"properties":{"livekit_ws_url":"wss://lk.example","livekit_room_token":"jwt"}}"#)
+            .unwrap();
+        assert_eq!(c.transport, Transport::LiveKit);
+        assert_eq!(Transport::of_request_json(&c.request_json()), Transport::LiveKit);
+        let c = parse(r#"{"properties":{"daily_room":"https://me.daily.co/room","daily_room_token":1}}"#)
+            .unwrap();
+        assert_eq!(c.transport, Transport::DailyRoom);
+        assert_eq!(
+            parse(r#"{"properties":{"daily_room":null}}"#).unwrap().transport,
+            Transport::Room
+        );
+        assert_eq!(Transport::of_request_json(""), Transport::Room);
+    }
+
+    #[test]
+    fn transport_fields_of_the_wrong_shape_name_the_field() {
+        let e = parse(r#"{"properties":{"livekit_ws_url":5}}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.livekit_ws_url:"), "{e}");
+        let e = parse(r#"{"properties":{"livekit_ws_url":"ftp://lk.example"}}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.livekit_ws_url:"), "{e}");
+        let e = parse(r#"{"properties":{"livekit_room_token":["a"]}}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.livekit_room_token:"), "{e}");
+        let e = parse(r#"{"properties":{"livekit_room_token":""}}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.livekit_room_token:"), "{e}");
+        let e = parse(r#"{"properties":{"daily_room":7}}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.daily_room:"), "{e}");
+        let e = parse(r#"{"meeting_url":true}"#).unwrap_err();
+        assert!(e.0.starts_with("Invalid meeting_url:"), "{e}");
+    }
+
+    #[test]
+    fn two_transports_are_rejected() {
+        let e = parse(r#"{"meeting_url":"https://meet.example/abc","properties":{"livekit_ws_url":"wss://lk.example"}}"#)
+            .unwrap_err();
+        assert!(e.0.starts_with("Invalid properties.livekit_ws_url:"), "{e}");
+        assert!(e.0.contains("meeting_url"), "{e}");
     }
 }

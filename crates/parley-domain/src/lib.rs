@@ -11,7 +11,7 @@ pub mod replica;
 pub mod time;
 
 pub use conversation::{Conversation, ShutdownReason, Status};
-pub use create::{CreateConversation, Limits, NewConversation, ValidationError};
+pub use create::{CreateConversation, Limits, NewConversation, Transport, ValidationError};
 pub use event::{Event, EventType, NewDelivery};
 pub use id::{ConversationId, InvalidId, random_id};
 pub use time::Timestamp;

@@ -96,6 +96,32 @@ async fn malformed_and_mistyped_create_bodies_are_400s_naming_the_problem() {
             "Invalid callback_url",
         ),
         (br#"{"replica_id": 7}"#.to_vec(), "Invalid replica_id"),
+        (br#"{"meeting_url": 7}"#.to_vec(), "Invalid meeting_url"),
+        (
+            br#"{"meeting_url": "zoom meeting"}"#.to_vec(),
+            "Invalid meeting_url",
+        ),
+        (
+            br#"{"properties": {"livekit_ws_url": {"host": "lk"}}}"#.to_vec(),
+            "Invalid properties.livekit_ws_url",
+        ),
+        (
+            br#"{"properties": {"livekit_ws_url": "mailto:lk@example.com"}}"#.to_vec(),
+            "Invalid properties.livekit_ws_url",
+        ),
+        (
+            br#"{"properties": {"livekit_room_token": 12}}"#.to_vec(),
+            "Invalid properties.livekit_room_token",
+        ),
+        (
+            br#"{"properties": {"daily_room": true}}"#.to_vec(),
+            "Invalid properties.daily_room",
+        ),
+        (
+            br#"{"meeting_url": "https://meet.example/x", "properties": {"daily_room": "https://me.daily.co/r"}}"#
+                .to_vec(),
+            "Invalid properties.daily_room",
+        ),
         (
             br#"{"persona_id": "pdced222244b", "pal_id": "pdac61133ac5"}"#.to_vec(),
             "Invalid persona_id",
