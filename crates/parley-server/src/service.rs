@@ -104,8 +104,9 @@ pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8
             JobKind::MaxDurationTimer,
             now.plus_secs(i64::from(new.max_call_duration)),
         ));
-        // 0 turns the absent timer off rather than ending every call at once.
-        if new.participant_absent_timeout > 0 {
+        // 0 turns the absent timer off rather than ending every call at once. On an external
+        // transport people join where parley cannot see them, so "nobody came" is unknowable.
+        if new.participant_absent_timeout > 0 && !new.transport.is_external() {
             jobs.push((
                 JobKind::AbsentTimer,
                 now.plus_secs(i64::from(new.participant_absent_timeout)),

@@ -88,6 +88,46 @@ async fn participant_absent_timeout_ends_a_call_nobody_joined() {
 }
 
 #[tokio::test]
+async fn calls_on_external_transports_outlive_the_absent_timeout_but_not_max_duration() {
+    let app = TestApp::spawn().await;
+    let absent = json!({ "participant_absent_timeout": 1 });
+    let here = app.create(json!({ "properties": absent })).await;
+    let meeting = app
+        .create(json!({ "meeting_url": "https://meet.example/abc-defg-hij", "properties": absent }))
+        .await;
+    let livekit = app
+        .create(json!({ "properties": {
+            "participant_absent_timeout": 1,
+            "livekit_ws_url": "wss://livekit.example",
+            "livekit_room_token": "a-livekit-jwt",
+        } }))
+        .await;
+    let capped = app
+        .create(json!({ "properties": {
+            "participant_absent_timeout": 1,
+            "max_call_duration": 2,
+            "livekit_ws_url": "wss://livekit.example",
+        } }))
+        .await;
+
+    assert_eq!(
+        wait_ended(&app, &here).await,
+        "participant_absent_timeout reached"
+    );
+    assert_eq!(wait_ended(&app, &capped).await, "max_call_duration reached");
+    app.wait_for_jobs().await;
+    for id in [&meeting, &livekit] {
+        assert_eq!(
+            shutdown_reason(&app, id).await,
+            None,
+            "nobody could join parley's room for {id}"
+        );
+        // The replica joins as usual: it is the client's side of the call that is elsewhere.
+        app.wait_joined(id).await;
+    }
+}
+
+#[tokio::test]
 async fn participant_left_timeout_ends_an_emptied_call_unless_someone_returns() {
     let app = TestApp::spawn().await;
     let props = json!({ "properties": { "participant_left_timeout": 1 } });
