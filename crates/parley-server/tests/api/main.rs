@@ -17,7 +17,6 @@ mod multiprocess;
 mod old_copy;
 #[cfg(feature = "e2e")]
 mod outage;
-#[cfg(feature = "e2e")]
 mod room;
 mod rotation;
 #[cfg(feature = "e2e")]

@@ -149,7 +149,20 @@ async fn a_person_joins_hears_the_greeting_leaves_and_the_call_ends() {
 
     click(&browser, "leave").await;
     let ended = wait_text(&browser, "message", |t| t.contains("has ended")).await;
-    assert!(ended.contains("participant_left_timeout reached"), "{ended}");
+    assert_eq!(
+        ended,
+        "This conversation has ended. Everyone left the call, and nobody came back in time."
+    );
+    let reason = browser
+        .find(Locator::Id("message"))
+        .await
+        .unwrap()
+        .attr("data-shutdown-reason")
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("participant_left_timeout reached"));
+    wait_text(&browser, "replica-state", |t| t == "left the room").await;
+    wait_text(&browser, "participants", |t| t == "0 people in the room").await;
     let (_, got) = app.call(Method::GET, &format!("/v2/conversations/{id}")).await;
     assert_eq!(got["status"], "ended");
 
@@ -181,15 +194,11 @@ async fn a_private_room_needs_its_meeting_token() {
     let browser = driver.browser().await;
     browser.goto(&url).await.unwrap();
     wait_text(&browser, "message", |t| t.contains("private room")).await;
-    assert!(
-        !browser
-            .find(Locator::Id("join"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    );
+    // No replica tile saying "joining…" and no button to press.
+    for hidden in ["join", "replica-state"] {
+        let element = browser.find(Locator::Id(hidden)).await.unwrap();
+        assert!(!element.is_displayed().await.unwrap(), "#{hidden} is shown");
+    }
 
     browser.goto(&format!("{url}?t={token}")).await.unwrap();
     wait_text(&browser, "title", |t| t == "Private").await;
