@@ -312,6 +312,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         replica_join_delay: config.replica_join_delay,
         max_recording_secs: config.max_recording_secs,
         max_body_bytes: config.max_body_bytes,
+        cors: config.cors_allowed_origins.clone(),
         run_jobs: config.run_jobs,
         job_lease: config.job_lease,
         job_poll_interval: config.job_poll_interval,

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::http::cors::AllowedOrigins;
+
 /// parley: a self-hosted server for the Tavus v2 Conversations API.
 #[derive(Debug, Parser)]
 #[command(name = "parley", version)]
@@ -411,6 +413,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Origins whose browser pages may call the API: `*` for any, or a comma-separated list
+    /// such as `https://app.example.com,http://localhost:5173`.
+    #[arg(long, env = "PARLEY_CORS_ALLOWED_ORIGINS", default_value = "*", value_parser = AllowedOrigins::parse)]
+    pub cors_allowed_origins: AllowedOrigins,
+
     /// Run background jobs (purges, call finalisation, joins, retention) in this process.
     #[arg(long, env = "PARLEY_RUN_JOBS", default_value_t = true, action = ArgAction::Set)]
     pub run_jobs: bool,
@@ -484,6 +491,7 @@ impl ServeConfig {
             replica_join_delay: Duration::ZERO,
             max_recording_secs: 300,
             max_body_bytes: 1 << 20,
+            cors_allowed_origins: AllowedOrigins::Any,
             run_jobs: true,
             job_lease: Duration::from_secs(60),
             job_poll_interval: Duration::from_millis(50),

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod conversation;
+pub mod cors;
 pub mod error;
 pub mod query;
 pub mod request;
@@ -21,8 +22,7 @@ use error::ApiError;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let max_body_bytes = state.settings.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route(
             "/v2/conversations",
             post(conversation::create_conversation).get(conversation::list_conversations),
@@ -47,16 +47,21 @@ pub fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))
-        // The room is opened by people, not API clients: its link is the invitation.
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    // The room is opened by people, not API clients: its link is the invitation. Its page
+    // calls only its own origin, so it needs no CORS (see docs/API.md).
+    let rooms = Router::new()
         .route("/rooms/{conversation_id}", get(room::room_page))
         .route("/rooms/{conversation_id}/state", get(room::room_state))
         .route("/rooms/{conversation_id}/join", post(room::join_room))
         .route("/rooms/{conversation_id}/leave", post(room::leave_room))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(from_fn_with_state(state.clone(), remember_full_disk))
-        .layer(from_fn(request::run_to_completion))
+        .method_not_allowed_fallback(method_not_allowed);
+    // Outside the plumbing, so even a failed request task's 500 is readable by the page.
+    let api = plumbing(api, &state)
+        .layer(cors::layer(&state.settings.cors))
+        .layer(from_fn(cors::preflight_no_content));
+    api.merge(plumbing(rooms, &state))
         // One line per request, when its response is ready: method, path, status, latency.
         .layer(
             TraceLayer::new_for_http()
@@ -71,6 +76,15 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(()),
         )
         .with_state(state)
+}
+
+/// The layers every request passes through; `Router::layer` wraps each route on its own, so the
+/// API and the rooms get the same plumbing before they are merged.
+fn plumbing(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    router
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), remember_full_disk))
+        .layer(from_fn(request::run_to_completion))
 }
 
 /// `GET /health`: 200 while the database and the key store answer and writes work, 503 (with

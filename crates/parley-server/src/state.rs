@@ -10,6 +10,7 @@ use parley_store::Account;
 use tokio::sync::Notify;
 
 use crate::disk::Disk;
+use crate::http::cors::AllowedOrigins;
 use crate::sealed::SealedStore;
 use crate::webhook::WebhookSettings;
 
@@ -24,6 +25,8 @@ pub struct Settings {
     pub replica_join_delay: Duration,
     pub max_recording_secs: u32,
     pub max_body_bytes: usize,
+    /// Origins whose pages may read API responses.
+    pub cors: AllowedOrigins,
     pub run_jobs: bool,
     /// How long a claimed job or delivery is ours.
     pub job_lease: Duration,

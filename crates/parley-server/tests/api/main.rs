@@ -5,6 +5,7 @@
 
 mod auth;
 mod bad_input;
+mod cors;
 mod crash;
 mod delete;
 #[cfg(feature = "e2e")]
