@@ -39,14 +39,11 @@ pub fn router(state: AppState) -> Router {
             "/v2/conversations/{conversation_id}/recording",
             get(conversation::get_recording),
         )
-        // Anything deeper (`c123/../x`, `persona-builder/headless`) is not a conversation id.
-        .route(
-            "/v2/conversations/{conversation_id}/{*rest}",
-            axum::routing::any(invalid_id),
-        )
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))
+        // Routing comes before the key, and a path deeper than the routes above
+        // (`persona-builder/headless`, `c123…/nope`) is an unknown path, not a bad id.
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // The room is opened by people, not API clients: its link is the invitation. Its page
@@ -117,14 +114,19 @@ async fn remember_full_disk(
     response
 }
 
-async fn invalid_id() -> ApiError {
-    ApiError::InvalidConversationId
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("No such endpoint: {}", shown(uri.path())))
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("No such endpoint: {}", uri.path()))
+/// A path as echoed in an error: bounded, so a 10,000-character path does not come back whole.
+fn shown(path: &str) -> String {
+    const LIMIT: usize = 200;
+    match path.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_owned(),
+    }
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {}", uri.path()))
+    ApiError::MethodNotAllowed(format!("Method {method} is not allowed on {}", shown(uri.path())))
 }

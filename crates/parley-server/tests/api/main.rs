@@ -20,6 +20,7 @@ mod old_copy;
 mod outage;
 mod room;
 mod rotation;
+mod routing;
 #[cfg(feature = "e2e")]
 mod shared;
 mod support;
