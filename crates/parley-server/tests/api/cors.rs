@@ -260,3 +260,96 @@ fn the_flag_and_its_variable_refuse_what_is_not_an_origin() {
         assert!(stderr.contains("is not an origin"), "{stderr}");
     }
 }
+
+/// A page of its own on another port (so another origin) that scripts in the browser run from.
+#[cfg(feature = "e2e")]
+async fn serve_page() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let page = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { axum::response::Html("<!doctype html><title>app</title><p>app</p>") }),
+    );
+    tokio::spawn(async move { axum::serve(listener, page).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Runs `fetch` in the page and returns `[status, body]`, or `["failed", message]` when the
+/// browser refuses to hand the response to the page.
+#[cfg(feature = "e2e")]
+async fn fetch_in(browser: &fantoccini::Client, url: &str, init: serde_json::Value) -> serde_json::Value {
+    browser
+        .execute(
+            "return fetch(arguments[0], arguments[1])
+                .then(r => r.json().then(b => [r.status, b]))
+                .catch(e => ['failed', String(e)]);",
+            vec![json!(url), init],
+        )
+        .await
+        .unwrap()
+}
+
+#[cfg(feature = "e2e")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_origin_creates_and_reads_errors_with_fetch() {
+    let app = TestApp::spawn().await;
+    let page = serve_page().await;
+    let driver = crate::room::browser::Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&page).await.unwrap();
+    assert_ne!(page, app.base, "the page and the API are different origins");
+
+    let url = format!("{}/v2/conversations", app.base);
+    let created = fetch_in(
+        &browser,
+        &url,
+        json!({
+            "method": "POST",
+            "headers": { "x-api-key": app.key, "content-type": "application/json" },
+            "body": r#"{"conversation_name": "From the browser"}"#,
+        }),
+    )
+    .await;
+    assert_eq!(created[0], 200, "{created}");
+    assert_eq!(created[1]["conversation_name"], "From the browser");
+    let id = created[1]["conversation_id"].as_str().unwrap();
+    let (status, _) = app.call(Method::GET, &format!("/v2/conversations/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let unauthorized = fetch_in(
+        &browser,
+        &url,
+        json!({ "method": "POST", "headers": { "content-type": "application/json" }, "body": "{}" }),
+    )
+    .await;
+    assert_eq!(unauthorized, json!([401, { "message": "Invalid access token" }]));
+    let bad = fetch_in(
+        &browser,
+        &url,
+        json!({
+            "method": "POST",
+            "headers": { "x-api-key": app.key, "content-type": "application/json" },
+            "body": "{",
+        }),
+    )
+    .await;
+    assert_eq!(bad[0], 400, "{bad}");
+    assert!(
+        bad[1]["error"].as_str().unwrap().starts_with("Invalid JSON body"),
+        "{bad}"
+    );
+
+    // The same page against a server that allows only another origin: the browser refuses.
+    let strict = TestApp::spawn_with(|c| {
+        c.cors_allowed_origins = AllowedOrigins::parse("https://app.example.com").unwrap();
+    })
+    .await;
+    let refused = fetch_in(
+        &browser,
+        &format!("{}/v2/conversations", strict.base),
+        json!({ "headers": { "x-api-key": strict.key } }),
+    )
+    .await;
+    assert_eq!(refused[0], "failed", "{refused}");
+    browser.close().await.unwrap();
+}

@@ -41,12 +41,25 @@ impl Drop for Services {
     }
 }
 
-/// A request during an outage: answered, soon, with 503, JSON and Retry-After.
+/// A request during an outage: answered, soon, with 503, JSON and Retry-After, which a browser
+/// page on another origin may read.
 async fn assert_unavailable(app: &TestApp, method: Method, path: &str) {
     let started = Instant::now();
-    let res = app.req(method.clone(), path).send().await.unwrap();
+    let res = app
+        .req(method.clone(), path)
+        .header("origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
     assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    assert!(
+        res.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("retry-after")
+    );
     let body: serde_json::Value = res.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("unavailable"), "{body}");
     assert!(

@@ -1,7 +1,7 @@
 //! The room at `conversation_url` over plain HTTP: the page's status and the state it renders.
 
 #[cfg(feature = "e2e")]
-mod browser;
+pub mod browser;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::{Receiver, TestApp, send};
 
 /// chromedriver on a free port, killed on drop.
-struct Driver {
+pub struct Driver {
     child: Child,
     url: String,
     _profile: tempfile::TempDir,
@@ -18,7 +18,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = Receiver::reserve_port().await;
         let binary = std::env::var("PARLEY_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let child = Command::new(&binary)
@@ -42,7 +42,7 @@ impl Driver {
         driver
     }
 
-    async fn browser(&self) -> Client {
+    pub async fn browser(&self) -> Client {
         let binary = std::env::var("PARLEY_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let caps = json!({
             "browserName": "chrome",
