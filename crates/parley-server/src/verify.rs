@@ -18,7 +18,7 @@ use futures::TryStreamExt;
 use parley_blobs::{BlobKey, Blobs};
 use parley_domain::{ConversationId, Timestamp};
 use parley_keys::{KeyError, KeyId, KeyStore, PgKeyStore, SlotFileKeyStore, is_sealed_text};
-use parley_store::table::{Table, Value};
+use parley_store::table::{Row, Table, Value};
 use parley_store::{ConversationStore, DeleteScope, HardDeleteOutcome, Job, JobKind};
 use parley_store_postgres::PostgresStore;
 use parley_store_sqlite::SqliteStore;
@@ -464,66 +464,44 @@ async fn scan(o: &Opened) -> anyhow::Result<Scan> {
         column(table, "attempts"),
         column(table, "last_error"),
     );
-    let mut after = None;
-    loop {
-        let page = o
-            .inner
-            .export_rows(table, after.as_ref(), PAGE)
-            .await
-            .context("listing jobs")?;
-        for row in &page {
-            let kind = text(row, kind_at).and_then(JobKind::parse);
-            let Some(kind @ (JobKind::Purge | JobKind::Finalize)) = kind else {
-                continue;
-            };
-            let Some(id) = text(row, conv_at).and_then(|id| ConversationId::parse(id).ok()) else {
-                continue;
-            };
-            if kind == JobKind::Purge {
-                s.checked.purges += 1;
-            }
-            s.jobs.entry(id).or_default().push(PendingJob {
-                id: int(row, id_at).unwrap_or_default(),
-                kind,
-                run_at: Timestamp::from_micros(int(row, run_at).unwrap_or_default()),
-                attempts: u32::try_from(int(row, attempts_at).unwrap_or_default()).unwrap_or(u32::MAX),
-                last_error: text(row, error_at).map(str::to_owned),
-            });
+    for_each_row(o.inner.as_ref(), table, "listing jobs", |row| {
+        let kind = text(row, kind_at).and_then(JobKind::parse);
+        let Some(kind @ (JobKind::Purge | JobKind::Finalize)) = kind else {
+            return;
+        };
+        let Some(id) = text(row, conv_at).and_then(|id| ConversationId::parse(id).ok()) else {
+            return;
+        };
+        if kind == JobKind::Purge {
+            s.checked.purges += 1;
         }
-        match page.into_iter().last() {
-            Some(last) => after = Some(last),
-            None => break,
-        }
-    }
+        s.jobs.entry(id).or_default().push(PendingJob {
+            id: int(row, id_at).unwrap_or_default(),
+            kind,
+            run_at: Timestamp::from_micros(int(row, run_at).unwrap_or_default()),
+            attempts: u32::try_from(int(row, attempts_at).unwrap_or_default()).unwrap_or(u32::MAX),
+            last_error: text(row, error_at).map(str::to_owned),
+        });
+    })
+    .await?;
 
     let table = Table::ErasureReceipt;
     let (conv_at, destroyed_at) = (
         column(table, "conversation_id"),
         column(table, "key_destroyed_at"),
     );
-    let mut after = None;
-    loop {
-        let page = o
-            .inner
-            .export_rows(table, after.as_ref(), PAGE)
-            .await
-            .context("listing receipts")?;
-        s.checked.receipts += page.len() as u64;
-        for row in &page {
-            let Some(id) = text(row, conv_at).and_then(|id| ConversationId::parse(id).ok()) else {
-                continue;
-            };
-            match s.keys.get_mut(&id) {
-                Some(entry) => entry.receipt = true,
-                None if int(row, destroyed_at).is_none() => s.unrecorded.push(id),
-                None => {}
-            }
+    for_each_row(o.inner.as_ref(), table, "listing receipts", |row| {
+        s.checked.receipts += 1;
+        let Some(id) = text(row, conv_at).and_then(|id| ConversationId::parse(id).ok()) else {
+            return;
+        };
+        match s.keys.get_mut(&id) {
+            Some(entry) => entry.receipt = true,
+            None if int(row, destroyed_at).is_none() => s.unrecorded.push(id),
+            None => {}
         }
-        match page.into_iter().last() {
-            Some(last) => after = Some(last),
-            None => break,
-        }
-    }
+    })
+    .await?;
 
     let mut listing = o.blobs.stream_prefix(BlobKey::ROOT);
     while let Some((key, _)) = listing.try_next().await.context("listing blobs")? {
@@ -549,36 +527,46 @@ async fn scan(o: &Opened) -> anyhow::Result<Scan> {
     let table = Table::Asset;
     let (conv_at, key_at) = (column(table, "conversation_id"), column(table, "blob_key"));
     let mut run: Option<(ConversationId, Vec<String>)> = None;
-    let mut after = None;
-    loop {
-        let page = o
-            .inner
-            .export_rows(table, after.as_ref(), PAGE)
-            .await
-            .context("listing assets")?;
-        s.checked.assets += page.len() as u64;
-        for row in &page {
-            let (Some(id), Some(key)) = (
-                text(row, conv_at).and_then(|id| ConversationId::parse(id).ok()),
-                text(row, key_at),
-            ) else {
-                continue;
-            };
-            if run.as_ref().is_none_or(|(current, _)| *current != id) {
-                s.end_asset_run(run.take());
-                run = Some((id, Vec::new()));
-            }
-            if let Some((_, keys)) = &mut run {
-                keys.push(key.to_owned());
-            }
+    for_each_row(o.inner.as_ref(), table, "listing assets", |row| {
+        s.checked.assets += 1;
+        let (Some(id), Some(key)) = (
+            text(row, conv_at).and_then(|id| ConversationId::parse(id).ok()),
+            text(row, key_at),
+        ) else {
+            return;
+        };
+        if run.as_ref().is_none_or(|(current, _)| *current != id) {
+            s.end_asset_run(run.take());
+            run = Some((id, Vec::new()));
         }
-        match page.into_iter().last() {
-            Some(last) => after = Some(last),
-            None => break,
+        if let Some((_, keys)) = &mut run {
+            keys.push(key.to_owned());
         }
-    }
+    })
+    .await?;
     s.end_asset_run(run);
     Ok(s)
+}
+
+/// Calls `f` on every row of `table`, a page at a time in key order.
+async fn for_each_row(
+    store: &dyn ConversationStore,
+    table: Table,
+    what: &'static str,
+    mut f: impl FnMut(&Row),
+) -> anyhow::Result<()> {
+    let mut after = None;
+    loop {
+        let page = store
+            .export_rows(table, after.as_ref(), PAGE)
+            .await
+            .context(what)?;
+        page.iter().for_each(&mut f);
+        match page.into_iter().last() {
+            Some(last) => after = Some(last),
+            None => return Ok(()),
+        }
+    }
 }
 
 impl Scan {

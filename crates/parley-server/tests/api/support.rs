@@ -259,28 +259,22 @@ impl Backing {
 
     /// A connection to the database, to check rows directly.
     pub async fn db(&self) -> TestDb {
-        sqlx::any::install_default_drivers();
-        let url = match &self.database_url {
-            Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=ro", self.data_dir().join("parley.db").display()),
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .unwrap();
-        TestDb {
-            pool,
-            postgres: !self.is_sqlite(),
-        }
+        self.connect(true).await
     }
 
     /// A connection that may write, to put the state back as an older parley left it.
     pub async fn db_writable(&self) -> TestDb {
+        self.connect(false).await
+    }
+
+    async fn connect(&self, read_only: bool) -> TestDb {
         sqlx::any::install_default_drivers();
         let url = match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", self.data_dir().join("parley.db").display()),
+            None => {
+                let mode = if read_only { "?mode=ro" } else { "" };
+                format!("sqlite://{}{mode}", self.data_dir().join("parley.db").display())
+            }
         };
         let pool = AnyPoolOptions::new()
             .max_connections(1)
