@@ -39,6 +39,57 @@ impl fmt::Display for ConversationId {
     }
 }
 
+/// Whose data key: the id of a sealed object, which owns exactly one key in the key store.
+///
+/// One lowercase ASCII letter then 6 to 32 lowercase hex digits, so it fits a key store slot's
+/// 33 bytes: a conversation id (`c…`) is one, and so is a resource row's internal id (`o…`).
+/// The owner's string is what binds a wrapped key to its owner, so a conversation's owner is
+/// exactly its id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct KeyOwner(String);
+
+impl KeyOwner {
+    /// Accepts a lowercase ASCII letter followed by 6 to 32 lowercase hex digits.
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        match raw.as_bytes().first() {
+            Some(&prefix) if prefix.is_ascii_lowercase() && is_prefixed_hex(raw, prefix, 6, 32) => {
+                Ok(Self(raw.to_owned()))
+            }
+            _ => Err(InvalidId("key_owner")),
+        }
+    }
+
+    /// The owner as stored beside its key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The conversation that owns the key, when the owner is a conversation id.
+    pub fn as_conversation(&self) -> Option<ConversationId> {
+        ConversationId::parse(&self.0).ok()
+    }
+}
+
+impl fmt::Display for KeyOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&ConversationId> for KeyOwner {
+    fn from(id: &ConversationId) -> Self {
+        // Every conversation id is a valid owner: `c` and 6 to 32 lowercase hex digits.
+        Self(id.0.clone())
+    }
+}
+
+impl From<ConversationId> for KeyOwner {
+    fn from(id: ConversationId) -> Self {
+        Self(id.0)
+    }
+}
+
 /// A fresh id of another kind: `prefix` and the 8 random bytes in lowercase hex (the caller
 /// supplies them from a CSPRNG), e.g. a webhook delivery's `d…`.
 pub fn random_id(prefix: char, bytes: [u8; 8]) -> String {
@@ -90,6 +141,54 @@ mod tests {
                 "{raw:?}"
             );
         }
+    }
+
+    #[test]
+    fn conversation_ids_and_row_ids_are_key_owners() {
+        let long = format!("o{}", "f".repeat(32));
+        for raw in ["c123456", "ca4301628cb9", "o0a1b2c3d4e5f6071", "z000000", &long] {
+            assert_eq!(KeyOwner::parse(raw).unwrap().as_str(), raw);
+        }
+    }
+
+    #[test]
+    fn anything_else_is_not_a_key_owner() {
+        let long = format!("o{}", "a".repeat(33));
+        for raw in [
+            "",
+            "o",
+            "o12345",
+            "O0a1b2c3d4e5f6071",
+            "0a1b2c3d4e5f6071",
+            "o0a1b2c3d4e5f607G",
+            "o0A1b2c3d4e5f6071",
+            "é0a1b2c3",
+            "o0a1b2c3/..",
+            "oo123456",
+            "-0123456",
+            "o123\u{0}456",
+            &long,
+        ] {
+            assert_eq!(KeyOwner::parse(raw), Err(InvalidId("key_owner")), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_conversations_key_owner_is_its_id_and_maps_back() {
+        let id = ConversationId::parse("ca4301628cb9").unwrap();
+        let owner = KeyOwner::from(&id);
+        assert_eq!(owner.as_str(), id.as_str());
+        assert_eq!(owner.to_string(), "ca4301628cb9");
+        assert_eq!(owner, KeyOwner::from(id.clone()));
+        assert_eq!(owner, KeyOwner::parse("ca4301628cb9").unwrap());
+        assert_eq!(owner.as_conversation(), Some(id));
+    }
+
+    #[test]
+    fn a_row_id_owner_is_no_conversation() {
+        let owner = KeyOwner::parse("o0a1b2c3d4e5f6071").unwrap();
+        assert_eq!(owner.as_conversation(), None);
+        assert_eq!(owner.to_string(), "o0a1b2c3d4e5f6071");
     }
 
     #[test]

@@ -13,5 +13,5 @@ pub mod time;
 pub use conversation::{Conversation, ShutdownReason, Status};
 pub use create::{CreateConversation, Limits, NewConversation, Transport, ValidationError};
 pub use event::{Event, EventType, NewDelivery};
-pub use id::{ConversationId, InvalidId, random_id};
+pub use id::{ConversationId, InvalidId, KeyOwner, random_id};
 pub use time::Timestamp;
