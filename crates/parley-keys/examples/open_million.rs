@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{ConversationId, KeyOwner, Timestamp};
 use parley_keys::{KeyStore, MasterKey, SlotFileKeyStore};
 
 #[tokio::main]
@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sample = Vec::new();
     for start in (0..keys).step_by(10_000) {
         let batch: Vec<_> = (start..keys.min(start + 10_000))
-            .map(|_| ConversationId::from_random(rand::random()))
+            .map(|_| KeyOwner::from(ConversationId::from_random(rand::random())))
             .collect();
         store.create_many(&batch, Timestamp::now()).await?;
         sample.push(batch[0].clone());

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use parley_domain::ConversationId;
+use parley_domain::KeyOwner;
 
 use crate::id::KeyId;
 use crate::master::{InvalidMasterKey, MasterKeyId};
@@ -13,18 +13,18 @@ pub type KeyResult<T> = Result<T, KeyError>;
 /// A key store failure.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// The conversation already has a data key; a second would orphan content sealed under the first.
-    #[error("conversation {0} already has a data key")]
-    AlreadyExists(ConversationId),
-    /// An imported key's conversation already holds another key: the two stores are not copies
-    /// of one another.
+    /// The owner already has a data key; a second would orphan content sealed under the first.
+    #[error("{0} already has a data key")]
+    AlreadyExists(KeyOwner),
+    /// An imported key's owner already holds another key: the two stores are not copies of one
+    /// another.
     #[error(
-        "conversation {conversation} already holds data key {held}, which is not the imported key \
-         {given}: this key store holds keys of another store"
+        "{owner} already holds data key {held}, which is not the imported key {given}: this key \
+         store holds keys of another store"
     )]
     ImportConflict {
         /// Whose key.
-        conversation: ConversationId,
+        owner: KeyOwner,
         /// The key the store holds.
         held: KeyId,
         /// The key given (its id may be the same with other bytes).
@@ -68,12 +68,12 @@ pub enum KeyError {
     RotationInterrupted,
     /// A stored data key does not unwrap under the master key that should open it.
     #[error(
-        "the data key {key_id} of conversation {conversation} does not unwrap under master key \
-         {master}: the stored copy is damaged or was wrapped under another key"
+        "the data key {key_id} of {owner} does not unwrap under master key {master}: the stored \
+         copy is damaged or was wrapped under another key"
     )]
     Unwrap {
         /// Whose key.
-        conversation: ConversationId,
+        owner: KeyOwner,
         /// Which key.
         key_id: KeyId,
         /// The master key that was tried.

@@ -1,11 +1,13 @@
-//! Per-conversation data keys: sealing content under them, wrapping them under a master key, and
-//! the key stores where destroying one is real.
+//! Data keys, one per sealed object: sealing content under them, wrapping them under a master
+//! key, and the key stores where destroying one is real.
 //!
 //! A hard delete must leave no readable byte of a conversation anywhere, including copies that
 //! parley cannot overwrite: stale b-tree cells, WAL frames, replicas, backups, bucket versions.
 //! So every conversation's content is stored only as ciphertext under its own [`DataKey`]
 //! ([`DataKey::seal`]), and a hard delete destroys that key ([`KeyStore::destroy`]). Every copy
-//! of the content then holds ciphertext whose key no longer exists (crypto-shredding).
+//! of the content then holds ciphertext whose key no longer exists (crypto-shredding). A key's
+//! owner is a [`KeyOwner`](parley_domain::KeyOwner): a conversation's id, or the id of another
+//! sealed object's row.
 //!
 //! Data keys are kept wrapped (sealed) under one [`MasterKey`] that the operator holds, in a
 //! [`KeyStore`] apart from the content:

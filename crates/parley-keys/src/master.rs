@@ -16,7 +16,7 @@ use std::path::Path;
 
 use base64ct::{Base64, Encoding};
 use hmac::{Hmac, Mac};
-use parley_domain::ConversationId;
+use parley_domain::KeyOwner;
 use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -158,30 +158,21 @@ impl MasterKey {
         self.id
     }
 
-    /// Wraps a data key, bound to its conversation and key id.
-    pub fn wrap_key(&self, conversation: &ConversationId, key_id: KeyId, key: &DataKey) -> Vec<u8> {
-        seal::seal_with(
-            &self.wrapping,
-            &wrap_aad(conversation, key_id),
-            key.expose_bytes(),
-        )
+    /// Wraps a data key, bound to its owner and key id.
+    pub fn wrap_key(&self, owner: &KeyOwner, key_id: KeyId, key: &DataKey) -> Vec<u8> {
+        seal::seal_with(&self.wrapping, &wrap_aad(owner, key_id), key.expose_bytes())
     }
 
-    /// Unwraps a data key wrapped by [`wrap_key`](Self::wrap_key) for the same conversation and id.
+    /// Unwraps a data key wrapped by [`wrap_key`](Self::wrap_key) for the same owner and id.
     ///
     /// Public so that tools and tests can check which master key opens a stored copy.
-    pub fn unwrap_key(
-        &self,
-        conversation: &ConversationId,
-        key_id: KeyId,
-        wrapped: &[u8],
-    ) -> Result<DataKey, OpenError> {
+    pub fn unwrap_key(&self, owner: &KeyOwner, key_id: KeyId, wrapped: &[u8]) -> Result<DataKey, OpenError> {
         if wrapped.len() != WRAPPED_LEN {
             return Err(OpenError::Malformed);
         }
         let bytes = Zeroizing::new(seal::open_with(
             &self.wrapping,
-            &wrap_aad(conversation, key_id),
+            &wrap_aad(owner, key_id),
             wrapped,
         )?);
         let bytes: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| OpenError::Malformed)?;
@@ -220,12 +211,15 @@ fn derive(raw: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(mac.finalize().into_bytes().into())
 }
 
-/// The AAD of a wrapped data key: its conversation and key id, under a tag of its own so a
-/// wrapped key can never pass for content.
-fn wrap_aad(conversation: &ConversationId, key_id: KeyId) -> Vec<u8> {
+/// The AAD of a wrapped data key: its owner and key id, under a tag of its own so a wrapped key
+/// can never pass for content.
+///
+/// The owner part is the owner's string, which for a conversation is its id: the bytes keys
+/// were wrapped under before owners other than conversations existed, so those keys still unwrap.
+fn wrap_aad(owner: &KeyOwner, key_id: KeyId) -> Vec<u8> {
     seal::tagged_aad(
         b"parley/wrapped-key/v1",
-        &[conversation.as_str().as_bytes(), &key_id.to_bytes()],
+        &[owner.as_str().as_bytes(), &key_id.to_bytes()],
     )
 }
 
@@ -235,8 +229,8 @@ mod tests {
 
     use super::*;
 
-    fn conversation() -> ConversationId {
-        ConversationId::parse("c0123456789abcdef").unwrap()
+    fn conversation() -> KeyOwner {
+        KeyOwner::parse("c0123456789abcdef").unwrap()
     }
 
     #[test]
@@ -280,14 +274,16 @@ mod tests {
     }
 
     #[test]
-    fn a_wrapped_key_unwraps_only_with_its_master_conversation_and_key_id() {
+    fn a_wrapped_key_unwraps_only_with_its_master_owner_and_key_id() {
         let (master, data, key_id) = (MasterKey::generate(), DataKey::generate(), KeyId::random());
         let wrapped = master.wrap_key(&conversation(), key_id, &data);
         assert_eq!(wrapped.len(), WRAPPED_LEN);
         let unwrapped = master.unwrap_key(&conversation(), key_id, &wrapped).unwrap();
         assert_eq!(unwrapped.expose_bytes(), data.expose_bytes());
 
-        let other = ConversationId::parse("cfedcba9876543210").unwrap();
+        let other = KeyOwner::parse("cfedcba9876543210").unwrap();
+        let row = KeyOwner::parse("o0123456789abcdef").unwrap();
+        assert!(master.unwrap_key(&row, key_id, &wrapped).is_err());
         assert!(
             MasterKey::generate()
                 .unwrap_key(&conversation(), key_id, &wrapped)

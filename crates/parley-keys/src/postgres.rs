@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{KeyOwner, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -212,18 +212,18 @@ impl PgKeyStore {
                         .wrap_under(current.id())
                         .ok_or_else(|| stored.unwrap_error(&current))?;
                     let key = current
-                        .unwrap_key(&stored.conversation, stored.key_id, kept)
+                        .unwrap_key(&stored.owner, stored.key_id, kept)
                         .map_err(|_| stored.unwrap_error(&current))?;
                     sqlx::query(
                         "UPDATE data_key SET master_key_id = $3, wrapped = $4, other_master_key_id = $5, \
                          other_wrapped = $6 WHERE conversation_id = $1 AND data_key_id = $2",
                     )
-                    .bind(stored.conversation.as_str())
+                    .bind(stored.owner.as_str())
                     .bind(stored.key_id.to_string())
                     .bind(current.id().to_string())
                     .bind(kept)
                     .bind(&t)
-                    .bind(next.wrap_key(&stored.conversation, stored.key_id, &key))
+                    .bind(next.wrap_key(&stored.owner, stored.key_id, &key))
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
@@ -351,29 +351,25 @@ impl PgKeyStore {
 
 #[async_trait]
 impl KeyStore for PgKeyStore {
-    async fn create(&self, conversation: &ConversationId, now: Timestamp) -> KeyResult<ConversationKey> {
-        let mut keys = self.create_many(std::slice::from_ref(conversation), now).await?;
-        Ok(keys.pop().expect("one key per conversation"))
+    async fn create(&self, owner: &KeyOwner, now: Timestamp) -> KeyResult<ConversationKey> {
+        let mut keys = self.create_many(std::slice::from_ref(owner), now).await?;
+        Ok(keys.pop().expect("one key per owner"))
     }
 
-    async fn create_many(
-        &self,
-        conversations: &[ConversationId],
-        now: Timestamp,
-    ) -> KeyResult<Vec<ConversationKey>> {
+    async fn create_many(&self, owners: &[KeyOwner], now: Timestamp) -> KeyResult<Vec<ConversationKey>> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // Shared with other creates, exclusive with a rotation's switch (see the module docs).
         let header = lock_header(&mut tx, "FOR SHARE").await?;
         let (current, next) = self.wrapping_keys(header)?;
-        let mut made = Vec::with_capacity(conversations.len());
+        let mut made = Vec::with_capacity(owners.len());
         let mut columns: [Vec<Option<Vec<u8>>>; 2] = Default::default();
         let (mut ids, mut key_ids, mut other_ids) = (Vec::new(), Vec::new(), Vec::new());
-        for conversation in conversations {
+        for owner in owners {
             let (key_id, key) = (KeyId::random(), DataKey::generate());
-            ids.push(conversation.as_str());
+            ids.push(owner.as_str());
             key_ids.push(key_id.to_string());
-            columns[0].push(Some(current.wrap_key(conversation, key_id, &key)));
-            columns[1].push(next.as_ref().map(|n| n.wrap_key(conversation, key_id, &key)));
+            columns[0].push(Some(current.wrap_key(owner, key_id, &key)));
+            columns[1].push(next.as_ref().map(|n| n.wrap_key(owner, key_id, &key)));
             other_ids.push(next.as_ref().map(|n| n.id().to_string()));
             made.push(ConversationKey { key_id, key });
         }
@@ -396,7 +392,7 @@ impl KeyStore for PgKeyStore {
             Ok(_) => {}
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 drop(tx);
-                return Err(self.already_exists(conversations).await);
+                return Err(self.already_exists(owners).await);
             }
             Err(e) => return Err(map_err(e)),
         }
@@ -405,10 +401,10 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn import(&self, imported: &[ImportedKey]) -> KeyResult<u64> {
-        // The same conversation twice in one batch: fine only as the same key.
+        // The same owner twice in one batch: fine only as the same key.
         let mut batch: HashMap<&str, &ImportedKey> = HashMap::with_capacity(imported.len());
         for new in imported {
-            if let Some(first) = batch.insert(new.conversation_id.as_str(), new)
+            if let Some(first) = batch.insert(new.owner.as_str(), new)
                 && !same_key(&first.key, &new.key)
             {
                 return Err(import_conflict(first.key.key_id, new));
@@ -423,15 +419,12 @@ impl KeyStore for PgKeyStore {
         let (mut ids, mut key_ids, mut created, mut other_ids) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for k in &unique {
-            let (conversation, key_id) = (&k.conversation_id, k.key.key_id);
-            ids.push(conversation.as_str());
+            let (owner, key_id) = (&k.owner, k.key.key_id);
+            ids.push(owner.as_str());
             key_ids.push(key_id.to_string());
             created.push(k.created_at.as_micros());
-            columns[0].push(Some(current.wrap_key(conversation, key_id, &k.key.key)));
-            columns[1].push(
-                next.as_ref()
-                    .map(|n| n.wrap_key(conversation, key_id, &k.key.key)),
-            );
+            columns[0].push(Some(current.wrap_key(owner, key_id, &k.key.key)));
+            columns[1].push(next.as_ref().map(|n| n.wrap_key(owner, key_id, &k.key.key)));
             other_ids.push(next.as_ref().map(|n| n.id().to_string()));
         }
         let inserted: Vec<String> = sqlx::query_scalar(
@@ -452,7 +445,7 @@ impl KeyStore for PgKeyStore {
         .await
         .map_err(|e| match e {
             sqlx::Error::Database(db) if db.is_unique_violation() => KeyError::Database(format!(
-                "an imported key's id is already another conversation's key: {db}"
+                "an imported key's id is already another owner's key: {db}"
             )),
             e => map_err(e),
         })?;
@@ -474,13 +467,13 @@ impl KeyStore for PgKeyStore {
                     .wrap_under(current.id())
                     .ok_or_else(|| stored.unwrap_error(&current))?;
                 let key = current
-                    .unwrap_key(&stored.conversation, stored.key_id, wrapped)
+                    .unwrap_key(&stored.owner, stored.key_id, wrapped)
                     .map_err(|_| stored.unwrap_error(&current))?;
                 let held = ConversationKey {
                     key_id: stored.key_id,
                     key,
                 };
-                let new = batch[stored.conversation.as_str()];
+                let new = batch[stored.owner.as_str()];
                 if !same_key(&held, &new.key) {
                     // Dropping the transaction rolls the whole batch back.
                     return Err(import_conflict(held.key_id, new));
@@ -491,12 +484,12 @@ impl KeyStore for PgKeyStore {
         Ok(inserted.len() as u64)
     }
 
-    async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>> {
+    async fn get(&self, owner: &KeyOwner) -> KeyResult<Option<ConversationKey>> {
         let row = sqlx::query(
             "SELECT conversation_id, data_key_id, master_key_id, wrapped, other_master_key_id, other_wrapped \
              FROM data_key WHERE conversation_id = $1",
         )
-        .bind(conversation.as_str())
+        .bind(owner.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;
@@ -508,7 +501,7 @@ impl KeyStore for PgKeyStore {
             return Err(self.stale_master().await);
         };
         let key = current
-            .unwrap_key(conversation, stored.key_id, wrapped)
+            .unwrap_key(owner, stored.key_id, wrapped)
             .map_err(|_| stored.unwrap_error(&current))?;
         Ok(Some(ConversationKey {
             key_id: stored.key_id,
@@ -516,9 +509,9 @@ impl KeyStore for PgKeyStore {
         }))
     }
 
-    async fn get_many(&self, conversations: &[ConversationId]) -> KeyResult<Vec<Option<ConversationKey>>> {
-        // One round trip for a page of a list, not one per conversation.
-        let ids: Vec<&str> = conversations.iter().map(ConversationId::as_str).collect();
+    async fn get_many(&self, owners: &[KeyOwner]) -> KeyResult<Vec<Option<ConversationKey>>> {
+        // One round trip for a page of a list, not one per owner.
+        let ids: Vec<&str> = owners.iter().map(KeyOwner::as_str).collect();
         let rows = sqlx::query(
             "SELECT conversation_id, data_key_id, master_key_id, wrapped, other_master_key_id, other_wrapped \
              FROM data_key WHERE conversation_id = ANY($1)",
@@ -530,12 +523,12 @@ impl KeyStore for PgKeyStore {
         let current = self.current();
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
-            let conversation: String = row.get(0);
-            found.insert(conversation, StoredKey::from_row(row)?);
+            let owner: String = row.get(0);
+            found.insert(owner, StoredKey::from_row(row)?);
         }
-        let mut keys = Vec::with_capacity(conversations.len());
-        for conversation in conversations {
-            let Some(stored) = found.get(conversation.as_str()) else {
+        let mut keys = Vec::with_capacity(owners.len());
+        for owner in owners {
+            let Some(stored) = found.get(owner.as_str()) else {
                 keys.push(None);
                 continue;
             };
@@ -543,7 +536,7 @@ impl KeyStore for PgKeyStore {
                 return Err(self.stale_master().await);
             };
             let key = current
-                .unwrap_key(conversation, stored.key_id, wrapped)
+                .unwrap_key(owner, stored.key_id, wrapped)
                 .map_err(|_| stored.unwrap_error(&current))?;
             keys.push(Some(ConversationKey {
                 key_id: stored.key_id,
@@ -553,10 +546,10 @@ impl KeyStore for PgKeyStore {
         Ok(keys)
     }
 
-    async fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>> {
+    async fn destroy(&self, owner: &KeyOwner) -> KeyResult<Option<KeyId>> {
         let destroyed: Option<String> =
             sqlx::query_scalar("DELETE FROM data_key WHERE conversation_id = $1 RETURNING data_key_id")
-                .bind(conversation.as_str())
+                .bind(owner.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(map_err)?;
@@ -575,9 +568,7 @@ impl KeyStore for PgKeyStore {
         rows.iter()
             .map(|row| {
                 Ok(KeyInfo {
-                    conversation_id: parse_conversation(
-                        &row.try_get::<String, _>("conversation_id").map_err(map_err)?,
-                    )?,
+                    owner: parse_owner(&row.try_get::<String, _>("conversation_id").map_err(map_err)?)?,
                     key_id: parse_key_id(&row.try_get::<String, _>("data_key_id").map_err(map_err)?)?,
                     created_at: Timestamp::from_micros(row.try_get("created_at").map_err(map_err)?),
                 })
@@ -637,9 +628,9 @@ impl KeyStore for PgKeyStore {
 }
 
 impl PgKeyStore {
-    /// Names a conversation of `conversations` that has a key, after an insert conflicted.
-    async fn already_exists(&self, conversations: &[ConversationId]) -> KeyError {
-        let ids: Vec<&str> = conversations.iter().map(ConversationId::as_str).collect();
+    /// Names an owner of `owners` that has a key, after an insert conflicted.
+    async fn already_exists(&self, owners: &[KeyOwner]) -> KeyError {
+        let ids: Vec<&str> = owners.iter().map(KeyOwner::as_str).collect();
         let existing: Result<Option<String>, _> = sqlx::query_scalar(
             "SELECT conversation_id FROM data_key WHERE conversation_id = ANY($1) LIMIT 1",
         )
@@ -649,11 +640,11 @@ impl PgKeyStore {
         let named = existing
             .ok()
             .flatten()
-            .and_then(|id| ConversationId::parse(&id).ok())
-            // The same conversation twice in one batch.
-            .or_else(|| conversations.first().cloned());
+            .and_then(|id| KeyOwner::parse(&id).ok())
+            // The same owner twice in one batch.
+            .or_else(|| owners.first().cloned());
         match named {
-            Some(conversation) => KeyError::AlreadyExists(conversation),
+            Some(owner) => KeyError::AlreadyExists(owner),
             None => KeyError::Database("a key insert conflicted with nothing".into()),
         }
     }
@@ -665,15 +656,18 @@ fn same_key(a: &ConversationKey, b: &ConversationKey) -> bool {
 
 fn import_conflict(held: KeyId, new: &ImportedKey) -> KeyError {
     KeyError::ImportConflict {
-        conversation: new.conversation_id.clone(),
+        owner: new.owner.clone(),
         held,
         given: new.key.key_id,
     }
 }
 
 /// A `data_key` row.
+///
+/// Its `conversation_id` column holds the key's owner, of any kind: the name dates from when
+/// only conversations had keys, and is kept so that existing key databases open unchanged.
 struct StoredKey {
-    conversation: ConversationId,
+    owner: KeyOwner,
     key_id: KeyId,
     wraps: Vec<(MasterKeyId, Vec<u8>)>,
 }
@@ -694,7 +688,7 @@ impl StoredKey {
             wraps.push((parse_master(&other)?, wrapped));
         }
         Ok(Self {
-            conversation: parse_conversation(&get_str("conversation_id")?)?,
+            owner: parse_owner(&get_str("conversation_id")?)?,
             key_id: parse_key_id(&get_str("data_key_id")?)?,
             wraps,
         })
@@ -709,7 +703,7 @@ impl StoredKey {
 
     fn unwrap_error(&self, master: &MasterKey) -> KeyError {
         KeyError::Unwrap {
-            conversation: self.conversation.clone(),
+            owner: self.owner.clone(),
             key_id: self.key_id,
             master: master.id(),
         }
@@ -800,8 +794,8 @@ fn parse_key_id(raw: &str) -> KeyResult<KeyId> {
     KeyId::parse(raw).map_err(|_| KeyError::Corrupt(format!("malformed key id {raw:?}")))
 }
 
-fn parse_conversation(raw: &str) -> KeyResult<ConversationId> {
-    ConversationId::parse(raw).map_err(|_| KeyError::Corrupt(format!("malformed conversation id {raw:?}")))
+fn parse_owner(raw: &str) -> KeyResult<KeyOwner> {
+    KeyOwner::parse(raw).map_err(|_| KeyError::Corrupt(format!("malformed key owner {raw:?}")))
 }
 
 /// SQLSTATEs that mean the server cannot serve us now, though it may shortly (as the content

@@ -3,13 +3,13 @@
 //! A sealed value is `version (1 byte) ‖ nonce (24 random bytes) ‖ ciphertext ‖ tag (16 bytes)`.
 //! The 24-byte nonce is drawn at random for every value: XChaCha20's nonce is long enough that
 //! random nonces never collide in practice, so no counter has to survive a crash. The associated
-//! data (see [`content_aad`]) names the conversation and the field, so a value copied to another
-//! row or field fails to open rather than showing up in the wrong place.
+//! data (see [`content_aad`]) names the key's owner (a conversation, say) and the field, so a
+//! value copied to another row or field fails to open rather than showing up in the wrong place.
 
 use base64ct::{Base64, Encoding};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use parley_domain::ConversationId;
+use parley_domain::KeyOwner;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
@@ -41,12 +41,12 @@ pub enum OpenError {
     /// about which of the causes it was.
     #[error(
         "the sealed value does not open: a wrong or destroyed key, altered bytes, or a value \
-         moved from another conversation or field"
+         moved from another owner or field"
     )]
     Rejected,
 }
 
-/// One conversation's data key: 32 random bytes, zeroed when dropped, never printed.
+/// One owner's data key (a conversation's, say): 32 random bytes, zeroed when dropped, never printed.
 #[derive(Clone)]
 pub struct DataKey(Zeroizing<[u8; 32]>);
 
@@ -112,15 +112,16 @@ pub fn is_sealed_text(value: &str) -> bool {
     value.starts_with(SEALED_TEXT_PREFIX)
 }
 
-/// The associated data that binds a sealed value to its conversation and field.
+/// The associated data that binds a sealed value to its key's owner and its field.
 ///
 /// `field` names where the value lives, e.g. `conversation.conversational_context`,
 /// `event.properties` or `blob:recordings/1.wav`. Each part is length-prefixed after a domain
-/// tag, so no two different (conversation, field) pairs give the same bytes.
-pub fn content_aad(conversation: &ConversationId, field: &str) -> Vec<u8> {
+/// tag, so no two different (owner, field) pairs give the same bytes. A conversation's owner is
+/// its id, so content sealed before owners other than conversations existed still opens.
+pub fn content_aad(owner: &KeyOwner, field: &str) -> Vec<u8> {
     tagged_aad(
         b"parley/content/v1",
-        &[conversation.as_str().as_bytes(), field.as_bytes()],
+        &[owner.as_str().as_bytes(), field.as_bytes()],
     )
 }
 
@@ -173,8 +174,8 @@ pub(crate) fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec
 mod tests {
     use super::*;
 
-    fn conversation(id: &str) -> ConversationId {
-        ConversationId::parse(id).unwrap()
+    fn conversation(id: &str) -> KeyOwner {
+        KeyOwner::from(parley_domain::ConversationId::parse(id).unwrap())
     }
 
     #[test]

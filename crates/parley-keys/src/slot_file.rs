@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{KeyOwner, Timestamp};
 
 use self::index::Index;
 use self::layout::{HEADER_LEN, Header, Rotation, SLOT_LEN, SLOTS_OFFSET, SlotRead, SlotView, Wrap};
@@ -182,19 +182,15 @@ impl SlotFileKeyStore {
 
 #[async_trait]
 impl KeyStore for SlotFileKeyStore {
-    async fn create(&self, conversation: &ConversationId, now: Timestamp) -> KeyResult<ConversationKey> {
-        let conversations = vec![conversation.clone()];
-        let mut keys = self.run(move |inner| inner.create(&conversations, now)).await?;
-        Ok(keys.pop().expect("one key per conversation"))
+    async fn create(&self, owner: &KeyOwner, now: Timestamp) -> KeyResult<ConversationKey> {
+        let owners = vec![owner.clone()];
+        let mut keys = self.run(move |inner| inner.create(&owners, now)).await?;
+        Ok(keys.pop().expect("one key per owner"))
     }
 
-    async fn create_many(
-        &self,
-        conversations: &[ConversationId],
-        now: Timestamp,
-    ) -> KeyResult<Vec<ConversationKey>> {
-        let conversations = conversations.to_vec();
-        self.run(move |inner| inner.create(&conversations, now)).await
+    async fn create_many(&self, owners: &[KeyOwner], now: Timestamp) -> KeyResult<Vec<ConversationKey>> {
+        let owners = owners.to_vec();
+        self.run(move |inner| inner.create(&owners, now)).await
     }
 
     async fn import(&self, keys: &[ImportedKey]) -> KeyResult<u64> {
@@ -202,15 +198,15 @@ impl KeyStore for SlotFileKeyStore {
         self.run(move |inner| inner.import(&keys)).await
     }
 
-    async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>> {
+    async fn get(&self, owner: &KeyOwner) -> KeyResult<Option<ConversationKey>> {
         // One positioned read of a slot the page cache almost always holds: cheaper inline than
         // a hop to the blocking pool.
-        self.inner.get(conversation)
+        self.inner.get(owner)
     }
 
-    async fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>> {
-        let conversation = conversation.clone();
-        self.run(move |inner| inner.destroy(&conversation)).await
+    async fn destroy(&self, owner: &KeyOwner) -> KeyResult<Option<KeyId>> {
+        let owner = owner.clone();
+        self.run(move |inner| inner.destroy(&owner)).await
     }
 
     async fn list(&self) -> KeyResult<Vec<KeyInfo>> {
@@ -370,13 +366,13 @@ impl Inner {
         Ok(bytes)
     }
 
-    /// The slot holding `conversation`'s key, and its bytes. The caller holds the writer lock
+    /// The slot holding `owner`'s key, and its bytes. The caller holds the writer lock
     /// (so the index cannot change) or an index read lock.
-    fn find(&self, index: &Index, conversation: &str) -> KeyResult<Option<(u32, [u8; SLOT_LEN])>> {
-        for slot in index.candidates(index.hash(conversation)) {
+    fn find(&self, index: &Index, owner: &str) -> KeyResult<Option<(u32, [u8; SLOT_LEN])>> {
+        for slot in index.candidates(index.hash(owner)) {
             let bytes = self.read_slot(slot)?;
             match layout::decode_slot(&bytes) {
-                SlotRead::Live(view) if view.conversation == conversation => return Ok(Some((slot, bytes))),
+                SlotRead::Live(view) if view.owner == owner => return Ok(Some((slot, bytes))),
                 SlotRead::Live(_) => {}
                 SlotRead::Empty | SlotRead::Torn => {
                     return Err(KeyError::Corrupt(format!(
@@ -389,22 +385,22 @@ impl Inner {
         Ok(None)
     }
 
-    fn create(&self, conversations: &[ConversationId], now: Timestamp) -> KeyResult<Vec<ConversationKey>> {
+    fn create(&self, owners: &[KeyOwner], now: Timestamp) -> KeyResult<Vec<ConversationKey>> {
         let mut writer = self.lock_writer()?;
         let keys = self.keys.read().expect("keys lock");
-        let mut seen = std::collections::HashSet::with_capacity(conversations.len());
+        let mut seen = std::collections::HashSet::with_capacity(owners.len());
         {
             let index = self.index.read().expect("index lock");
-            for conversation in conversations {
-                if !seen.insert(conversation) || self.find(&index, conversation.as_str())?.is_some() {
-                    return Err(KeyError::AlreadyExists(conversation.clone()));
+            for owner in owners {
+                if !seen.insert(owner) || self.find(&index, owner.as_str())?.is_some() {
+                    return Err(KeyError::AlreadyExists(owner.clone()));
                 }
             }
         }
-        let made: Vec<ImportedKey> = conversations
+        let made: Vec<ImportedKey> = owners
             .iter()
-            .map(|conversation| ImportedKey {
-                conversation_id: conversation.clone(),
+            .map(|owner| ImportedKey {
+                owner: owner.clone(),
                 key: ConversationKey {
                     key_id: KeyId::random(),
                     key: DataKey::generate(),
@@ -424,22 +420,22 @@ impl Inner {
         {
             let index = self.index.read().expect("index lock");
             for new in imported {
-                let conversation = &new.conversation_id;
-                if let Some(first) = batch.insert(conversation.as_str(), new) {
-                    // The same conversation twice in one batch: fine only as the same key.
+                let owner = &new.owner;
+                if let Some(first) = batch.insert(owner.as_str(), new) {
+                    // The same owner twice in one batch: fine only as the same key.
                     if !same_key(&first.key, &new.key) {
                         return Err(import_conflict(first.key.key_id, new));
                     }
                     continue;
                 }
-                let Some((_, bytes)) = self.find(&index, conversation.as_str())? else {
+                let Some((_, bytes)) = self.find(&index, owner.as_str())? else {
                     todo.push(new);
                     continue;
                 };
                 let SlotRead::Live(view) = layout::decode_slot(&bytes) else {
                     unreachable!("find returns live slots only");
                 };
-                let held = unwrap_slot(&keys.current, conversation, &view)?;
+                let held = unwrap_slot(&keys.current, owner, &view)?;
                 if !same_key(&held, &new.key) {
                     return Err(import_conflict(held.key_id, new));
                 }
@@ -451,7 +447,7 @@ impl Inner {
 
     /// Writes each key to a free slot (wrapped under the current master key, and the rotation's
     /// target if this process rotates), syncs once, then indexes them. The caller holds the
-    /// writer lock and has checked that none of the conversations has a key.
+    /// writer lock and has checked that none of the owners has a key.
     fn place<'a>(
         &self,
         writer: &mut Writer,
@@ -460,12 +456,12 @@ impl Inner {
     ) -> KeyResult<()> {
         let mut placed = Vec::new();
         for k in new {
-            let (conversation, key_id) = (&k.conversation_id, k.key.key_id);
-            let current = keys.current.wrap_key(conversation, key_id, &k.key.key);
+            let (owner, key_id) = (&k.owner, k.key.key_id);
+            let current = keys.current.wrap_key(owner, key_id, &k.key.key);
             let next = keys
                 .next
                 .as_ref()
-                .map(|next| (next.id(), next.wrap_key(conversation, key_id, &k.key.key)));
+                .map(|next| (next.id(), next.wrap_key(owner, key_id, &k.key.key)));
             let mut wraps = vec![Wrap {
                 master: keys.current.id(),
                 wrapped: &current,
@@ -473,44 +469,44 @@ impl Inner {
             if let Some((id, wrapped)) = &next {
                 wraps.push(Wrap { master: *id, wrapped });
             }
-            let bytes = layout::encode_slot(conversation, key_id, k.created_at.as_micros(), &wraps);
+            let bytes = layout::encode_slot(owner, key_id, k.created_at.as_micros(), &wraps);
             let slot = self.allocate(writer)?;
             self.durable("writing a new key", || {
                 self.file.write_all_at(&bytes, layout::slot_offset(slot))
             })?;
-            placed.push((conversation, slot));
+            placed.push((owner, slot));
         }
         if placed.is_empty() {
             return Ok(());
         }
         self.durable("syncing new keys", || self.file.sync_data())?;
         let mut index = self.index.write().expect("index lock");
-        for (conversation, slot) in placed {
-            let hash = index.hash(conversation.as_str());
+        for (owner, slot) in placed {
+            let hash = index.hash(owner.as_str());
             index.insert(hash, slot);
         }
         Ok(())
     }
 
-    fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>> {
+    fn get(&self, owner: &KeyOwner) -> KeyResult<Option<ConversationKey>> {
         if let Some(why) = self.stopped.lock().expect("stopped lock").as_ref() {
             return Err(KeyError::Stopped(why.clone()));
         }
         let keys = self.keys.read().expect("keys lock");
         // Held across the read, so that no destroy or move can reuse the slot meanwhile.
         let index = self.index.read().expect("index lock");
-        let Some((_, bytes)) = self.find(&index, conversation.as_str())? else {
+        let Some((_, bytes)) = self.find(&index, owner.as_str())? else {
             return Ok(None);
         };
         let SlotRead::Live(view) = layout::decode_slot(&bytes) else {
             unreachable!("find returns live slots only");
         };
-        unwrap_slot(&keys.current, conversation, &view).map(Some)
+        unwrap_slot(&keys.current, owner, &view).map(Some)
     }
 
-    fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>> {
+    fn destroy(&self, owner: &KeyOwner) -> KeyResult<Option<KeyId>> {
         let mut writer = self.lock_writer()?;
-        let found = self.find(&self.index.read().expect("index lock"), conversation.as_str())?;
+        let found = self.find(&self.index.read().expect("index lock"), owner.as_str())?;
         let Some((slot, bytes)) = found else {
             return Ok(None);
         };
@@ -521,7 +517,7 @@ impl Inner {
         // return the key even before the zeros reach the disk.
         {
             let mut index = self.index.write().expect("index lock");
-            let hash = index.hash(conversation.as_str());
+            let hash = index.hash(owner.as_str());
             index.remove(hash, slot);
         }
         self.durable("destroying a key", || {
@@ -538,17 +534,17 @@ impl Inner {
         let mut keys = Vec::new();
         scan(&self.file, 0, writer.slot_count, |_, read| {
             if let SlotRead::Live(view) = read {
-                let conversation_id = ConversationId::parse(view.conversation)
-                    .map_err(|_| KeyError::Corrupt("a slot holds a malformed conversation id".into()))?;
+                let owner = KeyOwner::parse(view.owner)
+                    .map_err(|_| KeyError::Corrupt("a slot holds a malformed key owner".into()))?;
                 keys.push(KeyInfo {
-                    conversation_id,
+                    owner,
                     key_id: view.key_id,
                     created_at: Timestamp::from_micros(view.created_at),
                 });
             }
             Ok(())
         })?;
-        keys.sort_by(|a, b| (a.created_at, &a.conversation_id).cmp(&(b.created_at, &b.conversation_id)));
+        keys.sort_by(|a, b| (a.created_at, &a.owner).cmp(&(b.created_at, &b.owner)));
         Ok(keys)
     }
 
@@ -603,10 +599,10 @@ impl Inner {
             if !needs(&view, current.id(), pass) {
                 continue;
             }
-            let conversation = ConversationId::parse(view.conversation)
-                .map_err(|_| KeyError::Corrupt("a slot holds a malformed conversation id".into()))?;
+            let owner = KeyOwner::parse(view.owner)
+                .map_err(|_| KeyError::Corrupt("a slot holds a malformed key owner".into()))?;
             let unwrap_error = || KeyError::Unwrap {
-                conversation: conversation.clone(),
+                owner: owner.clone(),
                 key_id: view.key_id,
                 master: current.id(),
             };
@@ -623,30 +619,30 @@ impl Inner {
                     .filter(|next| next.id() == target)
                     .expect("a rewrap pass runs while its target key is held");
                 let key = current
-                    .unwrap_key(&conversation, view.key_id, kept)
+                    .unwrap_key(&owner, view.key_id, kept)
                     .map_err(|_| unwrap_error())?;
-                added = next.wrap_key(&conversation, view.key_id, &key);
+                added = next.wrap_key(&owner, view.key_id, &key);
                 wraps.push(Wrap {
                     master: target,
                     wrapped: &added,
                 });
             }
-            let new = layout::encode_slot(&conversation, view.key_id, view.created_at, &wraps);
-            moves.push((slot, conversation, new));
+            let new = layout::encode_slot(&owner, view.key_id, view.created_at, &wraps);
+            moves.push((slot, owner, new));
         }
         let mut placed = Vec::with_capacity(moves.len());
-        for (old, conversation, new) in &moves {
+        for (old, owner, new) in &moves {
             let slot = self.allocate(&mut writer)?;
             self.durable("writing a rewrapped key", || {
                 self.file.write_all_at(new, layout::slot_offset(slot))
             })?;
-            placed.push((*old, conversation, slot));
+            placed.push((*old, owner, slot));
         }
         self.durable("syncing rewrapped keys", || self.file.sync_data())?;
         {
             let mut index = self.index.write().expect("index lock");
-            for (old, conversation, new) in &placed {
-                let hash = index.hash(conversation.as_str());
+            for (old, owner, new) in &placed {
+                let hash = index.hash(owner.as_str());
                 index.replace(hash, *old, *new);
             }
         }
@@ -734,19 +730,15 @@ impl Inner {
 }
 
 /// The data key a live slot holds, unwrapped with `master`.
-fn unwrap_slot(
-    master: &MasterKey,
-    conversation: &ConversationId,
-    view: &SlotView<'_>,
-) -> KeyResult<ConversationKey> {
+fn unwrap_slot(master: &MasterKey, owner: &KeyOwner, view: &SlotView<'_>) -> KeyResult<ConversationKey> {
     let unwrap_error = || KeyError::Unwrap {
-        conversation: conversation.clone(),
+        owner: owner.clone(),
         key_id: view.key_id,
         master: master.id(),
     };
     let wrapped = view.wrap_under(master.id()).ok_or_else(unwrap_error)?;
     let key = master
-        .unwrap_key(conversation, view.key_id, wrapped)
+        .unwrap_key(owner, view.key_id, wrapped)
         .map_err(|_| unwrap_error())?;
     Ok(ConversationKey {
         key_id: view.key_id,
@@ -760,7 +752,7 @@ fn same_key(a: &ConversationKey, b: &ConversationKey) -> bool {
 
 fn import_conflict(held: KeyId, new: &ImportedKey) -> KeyError {
     KeyError::ImportConflict {
-        conversation: new.conversation_id.clone(),
+        owner: new.owner.clone(),
         held,
         given: new.key.key_id,
     }
@@ -795,7 +787,7 @@ fn scan_at_open(
                 wipe.push(slot);
             }
             SlotRead::Live(view) => {
-                let hash = index.hash(view.conversation);
+                let hash = index.hash(view.owner);
                 if index.insert_if_vacant(hash, slot) {
                     return Ok(());
                 }
@@ -805,7 +797,7 @@ fn scan_at_open(
                     file.read_exact_at(&mut bytes, layout::slot_offset(other))
                         .map_err(|e| KeyError::io("reading the key store", e))?;
                     if let SlotRead::Live(o) = layout::decode_slot(&bytes)
-                        && o.conversation == view.conversation
+                        && o.owner == view.owner
                     {
                         twin = Some((other, copy_score(&o, header)));
                     }

@@ -3,14 +3,14 @@
 use std::ops::ControlFlow;
 
 use async_trait::async_trait;
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{KeyOwner, Timestamp};
 
 use crate::error::KeyResult;
 use crate::id::KeyId;
 use crate::master::{MasterKey, MasterKeyId};
 use crate::seal::DataKey;
 
-/// A conversation's data key and its id.
+/// An owner's data key (a conversation's, say) and its id.
 #[derive(Clone)]
 pub struct ConversationKey {
     /// The key's public name, for receipts.
@@ -32,7 +32,7 @@ impl std::fmt::Debug for ConversationKey {
 #[derive(Clone)]
 pub struct ImportedKey {
     /// Whose key.
-    pub conversation_id: ConversationId,
+    pub owner: KeyOwner,
     /// The key and its id, kept as they are.
     pub key: ConversationKey,
     /// When the key was first made, kept as it is.
@@ -42,7 +42,7 @@ pub struct ImportedKey {
 impl std::fmt::Debug for ImportedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImportedKey")
-            .field("conversation_id", &self.conversation_id)
+            .field("owner", &self.owner)
             .field("key_id", &self.key.key_id)
             .field("created_at", &self.created_at)
             .finish_non_exhaustive()
@@ -53,7 +53,7 @@ impl std::fmt::Debug for ImportedKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
     /// Whose key.
-    pub conversation_id: ConversationId,
+    pub owner: KeyOwner,
     /// Which key.
     pub key_id: KeyId,
     /// When it was created.
@@ -116,14 +116,15 @@ pub struct KeyStoreStatus {
     pub repaired_at_open: Vec<String>,
 }
 
-/// Where conversations' data keys live and where destroying one is real.
+/// Where data keys live, one per owner (a sealed object: a conversation, say), and where
+/// destroying one is real.
 ///
 /// The server holds it as `Arc<dyn KeyStore>` and never sees how keys are kept. Two stores ship:
 /// [`SlotFileKeyStore`](crate::SlotFileKeyStore) (embedded) and [`PgKeyStore`](crate::PgKeyStore)
 /// (shared). An external KMS fits behind it too, since nothing here assumes where keys are kept
 /// or how they are wrapped: `create` may ask the KMS for a data key (AWS KMS `GenerateDataKey`,
 /// Vault transit `datakey`) and keep the wrapped form where deletion is real, or keep a key per
-/// conversation in the KMS itself and `destroy` it there (then the KMS's own waiting period before
+/// owner in the KMS itself and `destroy` it there (then the KMS's own waiting period before
 /// a deletion takes effect counts towards the erasure deadline). A KMS that rotates its master
 /// keys itself answers [`rotate`](Self::rotate) with [`KeyError::Unsupported`](crate::KeyError).
 ///
@@ -131,25 +132,20 @@ pub struct KeyStoreStatus {
 /// survives a crash and an acknowledged destroy never comes back.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
-    /// Makes a fresh data key for `conversation`, durable before it returns.
+    /// Makes a fresh data key for `owner`, durable before it returns.
     ///
-    /// Fails with `AlreadyExists` when the conversation has a key. A conversation whose key was
-    /// destroyed may be given a new one: it is another key, and nothing sealed under the old one
-    /// opens with it.
-    async fn create(&self, conversation: &ConversationId, now: Timestamp) -> KeyResult<ConversationKey>;
+    /// Fails with `AlreadyExists` when the owner has a key. An owner whose key was destroyed may
+    /// be given a new one: it is another key, and nothing sealed under the old one opens with it.
+    async fn create(&self, owner: &KeyOwner, now: Timestamp) -> KeyResult<ConversationKey>;
 
-    /// Makes fresh keys for many conversations at once, durable before it returns; for encrypting
-    /// an existing store in place, where a sync per key would take hours.
+    /// Makes fresh keys for many owners at once, durable before it returns; for encrypting an
+    /// existing store in place, where a sync per key would take hours.
     ///
     /// Not atomic: on an error some keys may have been made, which [`get`](Self::get) shows.
-    async fn create_many(
-        &self,
-        conversations: &[ConversationId],
-        now: Timestamp,
-    ) -> KeyResult<Vec<ConversationKey>> {
-        let mut keys = Vec::with_capacity(conversations.len());
-        for conversation in conversations {
-            keys.push(self.create(conversation, now).await?);
+    async fn create_many(&self, owners: &[KeyOwner], now: Timestamp) -> KeyResult<Vec<ConversationKey>> {
+        let mut keys = Vec::with_capacity(owners.len());
+        for owner in owners {
+            keys.push(self.create(owner, now).await?);
         }
         Ok(keys)
     }
@@ -159,34 +155,34 @@ pub trait KeyStore: Send + Sync {
     /// written.
     ///
     /// Idempotent, so a copy that was killed finishes when run again: a key already held with
-    /// the same id and bytes is skipped. A conversation that holds another key fails the whole
+    /// the same id and bytes is skipped. An owner that holds another key fails the whole
     /// batch with [`KeyError::ImportConflict`] and nothing of it is written. A batch is written
     /// whole or, after a crash, in part (which a rerun completes).
     ///
     /// It knows nothing of destroyed keys: importing a key brings it back, so the caller imports
-    /// only keys of conversations that exist.
+    /// only keys of owners that exist.
     async fn import(&self, keys: &[ImportedKey]) -> KeyResult<u64>;
 
-    /// The conversation's key: `None` once destroyed, or if it never had one.
-    async fn get(&self, conversation: &ConversationId) -> KeyResult<Option<ConversationKey>>;
+    /// The owner's key: `None` once destroyed, or if it never had one.
+    async fn get(&self, owner: &KeyOwner) -> KeyResult<Option<ConversationKey>>;
 
-    /// The keys of many conversations (a page of a list), in the order asked; `None` for each one
+    /// The keys of many owners (a page of a list), in the order asked; `None` for each one
     /// without a key.
-    async fn get_many(&self, conversations: &[ConversationId]) -> KeyResult<Vec<Option<ConversationKey>>> {
-        let mut keys = Vec::with_capacity(conversations.len());
-        for conversation in conversations {
-            keys.push(self.get(conversation).await?);
+    async fn get_many(&self, owners: &[KeyOwner]) -> KeyResult<Vec<Option<ConversationKey>>> {
+        let mut keys = Vec::with_capacity(owners.len());
+        for owner in owners {
+            keys.push(self.get(owner).await?);
         }
         Ok(keys)
     }
 
-    /// Destroys the conversation's key, durably and irreversibly before it returns.
+    /// Destroys the owner's key, durably and irreversibly before it returns.
     ///
     /// Returns the destroyed key's id, or `None` when there was no key (destroyed already, or
     /// never made), so destroying twice is fine.
-    async fn destroy(&self, conversation: &ConversationId) -> KeyResult<Option<KeyId>>;
+    async fn destroy(&self, owner: &KeyOwner) -> KeyResult<Option<KeyId>>;
 
-    /// Every key the store holds (conversation, key id, creation time), for a cross-check.
+    /// Every key the store holds (owner, key id, creation time), for a cross-check.
     async fn list(&self) -> KeyResult<Vec<KeyInfo>>;
 
     /// Rewraps every data key under `to` without touching content; afterwards the old master key

@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{ConversationId, KeyOwner, Timestamp, random_id};
 
 use crate::{
     ConversationKey, DataKey, ImportedKey, KeyError, KeyId, KeyInfo, KeyResult, KeyStore, MasterKey,
@@ -30,6 +30,7 @@ macro_rules! key_store_contract {
             a_created_key_reads_back_the_same_until_it_is_destroyed,
             destroying_a_key_twice_or_one_never_made_is_fine,
             a_second_key_for_the_same_conversation_is_refused,
+            a_resource_rows_key_is_created_read_listed_destroyed_and_imported_like_a_conversations,
             a_key_made_again_after_a_destroy_is_a_new_key,
             a_destroyed_key_never_comes_back_after_reopening,
             acknowledged_keys_survive_a_drop_without_a_clean_close,
@@ -59,7 +60,7 @@ macro_rules! key_store_contract {
 #[derive(Debug, Clone)]
 pub struct WrappedCopy {
     /// Whose key.
-    pub conversation_id: ConversationId,
+    pub owner: KeyOwner,
     /// Which key.
     pub key_id: KeyId,
     /// The wrapped bytes.
@@ -82,9 +83,23 @@ pub trait KeyStoreFixture: Send + Sync + Sized + 'static {
 /// A fixed instant, so stored creation times can be checked exactly.
 pub const T0: Timestamp = Timestamp::from_micros(1_750_000_000_000_000);
 
-/// A conversation id from the CSPRNG, as the server makes them.
-pub fn fresh_conversation() -> ConversationId {
-    ConversationId::from_random(rand::random())
+/// A conversation's key owner: its id from the CSPRNG, as the server makes them.
+pub fn fresh_conversation() -> KeyOwner {
+    KeyOwner::from(ConversationId::from_random(rand::random()))
+}
+
+/// A resource row's key owner: `o` + 16 hex digits from the CSPRNG, as the server makes them.
+pub fn fresh_row() -> KeyOwner {
+    KeyOwner::parse(&random_id('o', rand::random())).expect("`o` + 16 hex digits is a key owner")
+}
+
+/// Owners of both kinds, alternating, so every path is taken by keys of either.
+fn fresh_owner(i: usize) -> KeyOwner {
+    if i.is_multiple_of(2) {
+        fresh_conversation()
+    } else {
+        fresh_row()
+    }
 }
 
 /// Keys a rotation test creates: more than one rotation batch (256), so it can stop half way.
@@ -99,7 +114,7 @@ fn same_key(a: &DataKey, b: &DataKey) -> bool {
 }
 
 /// Every key in `expected` reads back from `store` with the same id and bytes.
-async fn assert_keys(store: &dyn KeyStore, expected: &BTreeMap<ConversationId, (KeyId, DataKey)>) {
+async fn assert_keys(store: &dyn KeyStore, expected: &BTreeMap<KeyOwner, (KeyId, DataKey)>) {
     for (conversation, (key_id, key)) in expected {
         let got = store
             .get(conversation)
@@ -115,37 +130,34 @@ async fn assert_keys(store: &dyn KeyStore, expected: &BTreeMap<ConversationId, (
 /// and that each key of `expected` has exactly one copy (no leftover of a rotation).
 async fn assert_copies<F: KeyStoreFixture>(
     f: &F,
-    expected: &BTreeMap<ConversationId, (KeyId, DataKey)>,
+    expected: &BTreeMap<KeyOwner, (KeyId, DataKey)>,
     opens: &MasterKey,
     opens_none: &MasterKey,
 ) {
     let copies = f.wrapped_copies().await;
     assert_eq!(copies.len(), expected.len(), "one wrapped copy per key");
     for copy in &copies {
-        let (key_id, key) = &expected[&copy.conversation_id];
+        let (key_id, key) = &expected[&copy.owner];
         assert_eq!(copy.key_id, *key_id);
         let unwrapped = opens
-            .unwrap_key(&copy.conversation_id, copy.key_id, &copy.wrapped)
+            .unwrap_key(&copy.owner, copy.key_id, &copy.wrapped)
             .expect("the new master key opens every copy");
         assert!(same_key(&unwrapped, key));
         assert!(
             opens_none
-                .unwrap_key(&copy.conversation_id, copy.key_id, &copy.wrapped)
+                .unwrap_key(&copy.owner, copy.key_id, &copy.wrapped)
                 .is_err(),
             "the old master key opens a copy of {}",
-            copy.conversation_id
+            copy.owner
         );
     }
 }
 
-async fn make_keys(store: &dyn KeyStore, n: usize) -> BTreeMap<ConversationId, (KeyId, DataKey)> {
-    let conversations: Vec<_> = (0..n).map(|_| fresh_conversation()).collect();
-    let keys = store
-        .create_many(&conversations, T0)
-        .await
-        .expect("creating keys");
+async fn make_keys(store: &dyn KeyStore, n: usize) -> BTreeMap<KeyOwner, (KeyId, DataKey)> {
+    let owners: Vec<_> = (0..n).map(fresh_owner).collect();
+    let keys = store.create_many(&owners, T0).await.expect("creating keys");
     assert_eq!(keys.len(), n);
-    conversations
+    owners
         .into_iter()
         .zip(keys)
         .map(|(c, k)| (c, (k.key_id, k.key)))
@@ -156,7 +168,7 @@ async fn make_keys(store: &dyn KeyStore, n: usize) -> BTreeMap<ConversationId, (
 fn keys_to_import(n: usize) -> Vec<ImportedKey> {
     (0..n)
         .map(|i| ImportedKey {
-            conversation_id: fresh_conversation(),
+            owner: fresh_owner(i),
             key: ConversationKey {
                 key_id: KeyId::random(),
                 key: DataKey::generate(),
@@ -166,9 +178,9 @@ fn keys_to_import(n: usize) -> Vec<ImportedKey> {
         .collect()
 }
 
-fn as_expected(keys: &[ImportedKey]) -> BTreeMap<ConversationId, (KeyId, DataKey)> {
+fn as_expected(keys: &[ImportedKey]) -> BTreeMap<KeyOwner, (KeyId, DataKey)> {
     keys.iter()
-        .map(|k| (k.conversation_id.clone(), (k.key.key_id, k.key.key.clone())))
+        .map(|k| (k.owner.clone(), (k.key.key_id, k.key.key.clone())))
         .collect()
 }
 
@@ -241,6 +253,91 @@ pub async fn a_second_key_for_the_same_conversation_is_refused<F: KeyStoreFixtur
         store.get(&other).await.unwrap().is_none(),
         "a refused batch made no key"
     );
+    drop(store);
+    f.tear_down().await;
+}
+
+/// A resource row's id owns a key just as a conversation's does, side by side with one that
+/// shares its hex digits.
+pub async fn a_resource_rows_key_is_created_read_listed_destroyed_and_imported_like_a_conversations<
+    F: KeyStoreFixture,
+>(
+    f: F,
+) {
+    let master = MasterKey::generate();
+    let store = open(&f, &master).await;
+    let row = fresh_row();
+    let twin = KeyOwner::parse(&format!("c{}", &row.as_str()[1..])).unwrap();
+    assert_eq!(row.as_conversation(), None);
+    assert!(store.get(&row).await.unwrap().is_none());
+
+    let made = store.create(&row, T0).await.unwrap();
+    let of_twin = store.create(&twin, T0.plus_secs(1)).await.unwrap();
+    assert_ne!(made.key_id, of_twin.key_id);
+    let err = store.create(&row, T0).await.unwrap_err();
+    assert!(matches!(&err, KeyError::AlreadyExists(o) if *o == row), "{err}");
+    let aad = content_aad(&row, "persona.system_prompt");
+    let sealed = made.key.seal(&aad, b"the persona's secret");
+    let got = store.get(&row).await.unwrap().expect("the key");
+    assert_eq!(got.key_id, made.key_id);
+    assert_eq!(got.key.open(&aad, &sealed).unwrap(), b"the persona's secret");
+    assert!(
+        got.key
+            .open(&content_aad(&twin, "persona.system_prompt"), &sealed)
+            .is_err(),
+        "a value sealed for the row does not open as the conversation's"
+    );
+
+    let imported = ImportedKey {
+        owner: fresh_row(),
+        key: ConversationKey {
+            key_id: KeyId::random(),
+            key: DataKey::generate(),
+        },
+        created_at: T0.plus_secs(2),
+    };
+    assert_eq!(store.import(std::slice::from_ref(&imported)).await.unwrap(), 1);
+    assert_eq!(store.import(std::slice::from_ref(&imported)).await.unwrap(), 0);
+    let listed = store.list().await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            KeyInfo {
+                owner: row.clone(),
+                key_id: made.key_id,
+                created_at: T0
+            },
+            KeyInfo {
+                owner: twin.clone(),
+                key_id: of_twin.key_id,
+                created_at: T0.plus_secs(1)
+            },
+            KeyInfo {
+                owner: imported.owner.clone(),
+                key_id: imported.key.key_id,
+                created_at: T0.plus_secs(2)
+            },
+        ]
+    );
+    drop(store);
+
+    // Reopened (the slot file rebuilds its index from the slots), the same keys read back.
+    let store = open(&f, &master).await;
+    let mut expected = as_expected(std::slice::from_ref(&imported));
+    expected.insert(row.clone(), (made.key_id, made.key.clone()));
+    expected.insert(twin.clone(), (of_twin.key_id, of_twin.key));
+    assert_keys(&*store, &expected).await;
+    assert_copies(&f, &expected, &master, &MasterKey::generate()).await;
+
+    assert_eq!(store.destroy(&row).await.unwrap(), Some(made.key_id));
+    assert_eq!(store.destroy(&row).await.unwrap(), None);
+    assert!(store.get(&row).await.unwrap().is_none());
+    assert!(
+        store.get(&twin).await.unwrap().is_some(),
+        "only the row's key went"
+    );
+    let owners: Vec<_> = store.list().await.unwrap().into_iter().map(|k| k.owner).collect();
+    assert_eq!(owners, [twin, imported.owner]);
     drop(store);
     f.tear_down().await;
 }
@@ -362,13 +459,7 @@ pub async fn concurrent_creates_and_destroys_from_many_tasks_all_land<F: KeyStor
     drop(store);
 
     let store = open(&f, &master).await;
-    let listed: HashSet<_> = store
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|k| k.conversation_id)
-        .collect();
+    let listed: HashSet<_> = store.list().await.unwrap().into_iter().map(|k| k.owner).collect();
     assert_eq!(listed, kept.keys().cloned().collect::<HashSet<_>>());
     assert_keys(&*store, &kept).await;
     drop(store);
@@ -390,12 +481,12 @@ pub async fn the_list_shows_each_key_once_with_its_id_and_creation_time<F: KeySt
         listed,
         [
             KeyInfo {
-                conversation_id: b,
+                owner: b,
                 key_id: kb.key_id,
                 created_at: T0
             },
             KeyInfo {
-                conversation_id: a,
+                owner: a,
                 key_id: ka.key_id,
                 created_at: T0.plus_secs(2)
             },
@@ -630,19 +721,19 @@ pub async fn imported_keys_keep_their_ids_bytes_and_creation_times<F: KeyStoreFi
     let mut expected = as_expected(&imported);
     assert_keys(&*store, &expected).await;
     let first = &imported[0];
-    let aad = content_aad(&first.conversation_id, "conversation.request_json");
+    let aad = content_aad(&first.owner, "conversation.request_json");
     let sealed = first.key.key.seal(&aad, b"sealed before the copy");
-    let got = store.get(&first.conversation_id).await.unwrap().unwrap();
+    let got = store.get(&first.owner).await.unwrap().unwrap();
     assert_eq!(got.key.open(&aad, &sealed).unwrap(), b"sealed before the copy");
     let listed: BTreeMap<_, _> = store
         .list()
         .await
         .unwrap()
         .into_iter()
-        .map(|k| (k.conversation_id.clone(), k))
+        .map(|k| (k.owner.clone(), k))
         .collect();
     for k in &imported {
-        let info = &listed[&k.conversation_id];
+        let info = &listed[&k.owner];
         assert_eq!((info.key_id, info.created_at), (k.key.key_id, k.created_at));
     }
     assert_eq!(store.status().await.unwrap().keys, 303);
@@ -679,8 +770,8 @@ pub async fn importing_again_skips_keys_already_there_and_refuses_another_key<F:
         async move {
             let err = store.import(&[stranger, given.clone()]).await.unwrap_err();
             assert!(
-                matches!(&err, KeyError::ImportConflict { conversation, held, given: g }
-                    if *conversation == given.conversation_id && *held == expected && *g == given.key.key_id),
+                matches!(&err, KeyError::ImportConflict { owner, held, given: g }
+                    if *owner == given.owner && *held == expected && *g == given.key.key_id),
                 "{err}"
             );
         }
@@ -714,7 +805,7 @@ pub async fn importing_again_skips_keys_already_there_and_refuses_another_key<F:
     let created = store.create(&conversation, T0).await.unwrap();
     refused(
         ImportedKey {
-            conversation_id: conversation.clone(),
+            owner: conversation.clone(),
             ..keys_to_import(1).remove(0)
         },
         created.key_id,
@@ -732,7 +823,7 @@ pub async fn importing_again_skips_keys_already_there_and_refuses_another_key<F:
     assert!(matches!(err, KeyError::ImportConflict { .. }), "{err}");
 
     assert!(
-        store.get(&stranger.conversation_id).await.unwrap().is_none(),
+        store.get(&stranger.owner).await.unwrap().is_none(),
         "a refused batch wrote nothing"
     );
     let mut expected = as_expected(&imported);

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use parley_domain::ConversationId;
+use parley_domain::KeyOwner;
 use parley_keys::testing::{KeyStoreFixture, T0, WrappedCopy, fresh_conversation};
 use parley_keys::{KeyError, KeyId, KeyResult, KeyStore, MasterKey, PgKeyStore};
 use sqlx::{PgPool, Row};
@@ -62,11 +62,11 @@ impl KeyStoreFixture for FreshKeyDb {
         pool.close().await;
         rows.iter()
             .flat_map(|row| {
-                let conversation_id = ConversationId::parse(row.get("conversation_id")).unwrap();
+                let owner = KeyOwner::parse(row.get("conversation_id")).unwrap();
                 let key_id = KeyId::parse(row.get("data_key_id")).unwrap();
                 let wraps = [Some(row.get::<Vec<u8>, _>("wrapped")), row.get("other_wrapped")];
                 wraps.into_iter().flatten().map(move |wrapped| WrappedCopy {
-                    conversation_id: conversation_id.clone(),
+                    owner: owner.clone(),
                     key_id,
                     wrapped,
                 })

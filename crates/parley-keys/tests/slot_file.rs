@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_domain::ConversationId;
+use parley_domain::KeyOwner;
 use parley_keys::slot_file::layout::{self, SLOT_LEN, SlotRead};
 use parley_keys::testing::{KeyStoreFixture, T0, WrappedCopy, fresh_conversation};
 use parley_keys::{KeyError, KeyId, KeyResult, KeyStore, MasterKey, SlotFileKeyStore};
@@ -43,7 +43,7 @@ impl KeyStoreFixture for TempSlotFile {
         for slot in live_slots(&self.path).into_values() {
             for wrapped in slot.wraps {
                 copies.push(WrappedCopy {
-                    conversation_id: slot.conversation.clone(),
+                    owner: slot.owner.clone(),
                     key_id: slot.key_id,
                     wrapped,
                 });
@@ -59,7 +59,7 @@ parley_keys::key_store_contract!(TempSlotFile::fresh());
 
 /// A live slot, owned.
 struct Slot {
-    conversation: ConversationId,
+    owner: KeyOwner,
     key_id: KeyId,
     wraps: Vec<Vec<u8>>,
 }
@@ -74,7 +74,7 @@ fn live_slots(path: &Path) -> BTreeMap<u32, Slot> {
             SlotRead::Live(view) => Some((
                 i as u32,
                 Slot {
-                    conversation: ConversationId::parse(view.conversation).unwrap(),
+                    owner: KeyOwner::parse(view.owner).unwrap(),
                     key_id: view.key_id,
                     wraps: view.wraps().iter().map(|w| w.wrapped.to_vec()).collect(),
                 },
@@ -84,11 +84,11 @@ fn live_slots(path: &Path) -> BTreeMap<u32, Slot> {
         .collect()
 }
 
-fn slot_of(path: &Path, conversation: &ConversationId) -> (u32, Slot) {
+fn slot_of(path: &Path, owner: &KeyOwner) -> (u32, Slot) {
     live_slots(path)
         .into_iter()
-        .find(|(_, s)| s.conversation == *conversation)
-        .expect("the conversation has a slot")
+        .find(|(_, s)| s.owner == *owner)
+        .expect("the owner has a slot")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -237,7 +237,7 @@ async fn a_closed_store_lets_go_of_its_file_while_still_held_and_refuses_further
     let f = TempSlotFile::fresh().await;
     let master = MasterKey::generate();
     let store = f.open(&master).await.unwrap();
-    let conversation = ConversationId::parse("c0123456789abcdef").unwrap();
+    let conversation = KeyOwner::parse("c0123456789abcdef").unwrap();
     let made = store.create(&conversation, T0).await.unwrap();
     // Something still holds the old store (a task finishing late), yet it can be opened again.
     store.close().await;
@@ -325,7 +325,7 @@ async fn free_slots_are_reused_so_churn_does_not_grow_the_file() {
     let len = std::fs::metadata(&f.path).unwrap().len();
     for round in 0..5 {
         for conversation in store.list().await.unwrap() {
-            store.destroy(&conversation.conversation_id).await.unwrap();
+            store.destroy(&conversation.owner).await.unwrap();
         }
         let next: Vec<_> = (0..40).map(|_| fresh_conversation()).collect();
         store.create_many(&next, T0).await.unwrap();
@@ -436,7 +436,7 @@ async fn every_acknowledged_create_and_destroy_survives_a_kill_at_an_arbitrary_m
         );
         for (conversation, (key_id, key)) in &created {
             let got = store
-                .get(&ConversationId::parse(conversation).unwrap())
+                .get(&KeyOwner::parse(conversation).unwrap())
                 .await
                 .unwrap()
                 .unwrap_or_else(|| panic!("round {round}: acknowledged key of {conversation} lost"));
@@ -446,10 +446,7 @@ async fn every_acknowledged_create_and_destroy_survives_a_kill_at_an_arbitrary_m
             );
         }
         for conversation in &destroyed {
-            let gone = store
-                .get(&ConversationId::parse(conversation).unwrap())
-                .await
-                .unwrap();
+            let gone = store.get(&KeyOwner::parse(conversation).unwrap()).await.unwrap();
             assert!(
                 gone.is_none(),
                 "round {round}: destroyed key of {conversation} came back"

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let start = cpu();
     let mut sealed = Vec::with_capacity(ids.len());
     for id in &ids {
-        let key = keys.create(id, Timestamp::now()).await?;
+        let key = keys.create(&id.into(), Timestamp::now()).await?;
         sealed.push(SealedStore::seal_conversation(
             &key.key,
             &conversation(id.clone()),
@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     // GET: the key and the 4 fields opened.
     let start = cpu();
     for c in &sealed {
-        let key = keys.get(&c.id).await?;
+        let key = keys.get(&(&c.id).into()).await?;
         std::hint::black_box(SealedStore::open_conversation(key.as_ref(), c.clone()));
     }
     report("GET: read the key, open 4 fields", N, cpu() - start);
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut events = Vec::with_capacity(sealed.len());
     for c in &sealed {
-        let key = keys.get(&c.id).await?.expect("a key");
+        let key = keys.get(&(&c.id).into()).await?.expect("a key");
         let plain = replica::after_end_events(&conversation(c.id.clone()), Timestamp::now(), Some(&location));
         let sealed_events: Vec<_> = plain
             .iter()
@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let start = cpu();
     for (c, evs) in sealed.iter().zip(&events) {
-        let key = keys.get(&c.id).await?;
+        let key = keys.get(&(&c.id).into()).await?;
         std::hint::black_box(SealedStore::open_conversation(key.as_ref(), c.clone()));
         for e in evs {
             std::hint::black_box(SealedStore::open_properties(
@@ -140,13 +140,13 @@ async fn main() -> anyhow::Result<()> {
     for secs in [60, 300] {
         let c = conversation(ids[0].clone());
         let wav = replica::recording_wav(&c, secs, 7);
-        let key = keys.get(&c.id).await?.expect("a key");
+        let key = keys.get(&(&c.id).into()).await?.expect("a key");
         let blob_key = format!("conversations/{}/assets/recording.wav", c.id);
         let stored = sealed::seal_blob(&key.key, &c.id, &blob_key, &wav);
         let n = 50;
         let start = cpu();
         for _ in 0..n {
-            let key = keys.get(&c.id).await?.expect("a key");
+            let key = keys.get(&(&c.id).into()).await?.expect("a key");
             std::hint::black_box(sealed::open_blob(&key.key, &c.id, &blob_key, &stored));
         }
         report(

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use parley_blobs::{BlobKey, Blobs};
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{ConversationId, KeyOwner, Timestamp};
 use parley_keys::{ImportedKey, KeyStore, MasterKey, PgKeyStore, SlotFileKeyStore};
 use parley_store::ConversationStore;
 use parley_store::table::{Row, Table, Value};
@@ -384,20 +384,20 @@ async fn copy_keys(
         let Some(last) = rows.last() else {
             return Ok(found);
         };
-        let ids = rows
+        let owners = rows
             .iter()
-            .map(conversation_of)
+            .map(|row| conversation_of(row).map(KeyOwner::from))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let held = keys
             .src
-            .get_many(&ids)
+            .get_many(&owners)
             .await
             .context("reading the source's keys")?;
         let mut page = Vec::with_capacity(rows.len());
-        for ((conversation_id, row), key) in ids.into_iter().zip(&rows).zip(held) {
+        for ((owner, row), key) in owners.into_iter().zip(&rows).zip(held) {
             match key {
                 Some(key) => page.push(ImportedKey {
-                    conversation_id,
+                    owner,
                     key,
                     created_at: Timestamp::from_micros(int_of(row, "created_at")?),
                 }),
@@ -432,8 +432,9 @@ async fn verify_keys(dst: &dyn ConversationStore, keys: &dyn KeyStore, batch: u3
             .iter()
             .map(conversation_of)
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let owners: Vec<KeyOwner> = ids.iter().map(KeyOwner::from).collect();
         let held = keys
-            .get_many(&ids)
+            .get_many(&owners)
             .await
             .context("reading the destination's keys")?;
         for ((id, row), key) in ids.iter().zip(&rows).zip(held) {

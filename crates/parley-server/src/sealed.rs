@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parley_domain::{Conversation, ConversationId, Event, Status, Timestamp};
+use parley_domain::{Conversation, ConversationId, Event, KeyOwner, Status, Timestamp};
 use parley_keys::{ConversationKey, DataKey, KeyError, KeyStore, content_aad};
 use parley_store::{
     Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
@@ -86,12 +86,12 @@ impl SealedStore {
 
     /// The conversation's data key, if it still has one.
     pub async fn key(&self, id: &ConversationId) -> StoreResult<Option<ConversationKey>> {
-        self.keys.get(id).await.map_err(key_error)
+        self.keys.get(&id.into()).await.map_err(key_error)
     }
 
     /// Whether the key store answers: one lookup of an id no conversation has (for `/health`).
     pub async fn key_store_answers(&self) -> StoreResult<()> {
-        let nobody = ConversationId::from_random([0; 8]);
+        let nobody = KeyOwner::from(ConversationId::from_random([0; 8]));
         self.keys.get(&nobody).await.map_err(key_error)?;
         Ok(())
     }
@@ -105,7 +105,7 @@ impl SealedStore {
             let key_id = key.key_id.to_string();
             drop(key);
             self.inner.record_key_destroyed(id, Some(&key_id), None).await?;
-            self.keys.destroy(id).await.map_err(key_error)?;
+            self.keys.destroy(&id.into()).await.map_err(key_error)?;
         }
         self.inner
             .record_key_destroyed(id, None, Some(Timestamp::now()))
@@ -139,7 +139,7 @@ impl SealedStore {
         let open = |field: &str, value: Option<String>| -> Option<String> {
             let value = value?;
             let key = key?;
-            match key.key.open_text(&content_aad(&id, field), &value) {
+            match key.key.open_text(&conversation_aad(&id, field), &value) {
                 Ok(plain) => Some(plain),
                 Err(e) => {
                     tracing::error!(conversation.id = %id, field, error = %e, "stored content does not open");
@@ -183,7 +183,7 @@ impl SealedStore {
         let Value::String(sealed) = properties else {
             return Some(properties);
         };
-        let opened = key?.open_text(&content_aad(id, &event_field(event_type)), &sealed);
+        let opened = key?.open_text(&conversation_aad(id, &event_field(event_type)), &sealed);
         match opened.map(|text| serde_json::from_str(&text)) {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
@@ -214,15 +214,21 @@ impl SealedStore {
     }
 }
 
+/// The AAD of a conversation's content: the conversation's id is its data key's owner.
+fn conversation_aad(id: &ConversationId, field: &str) -> Vec<u8> {
+    content_aad(&KeyOwner::from(id), field)
+}
+
 /// Whether a conversation's stored create request (sealed, and held by every conversation) opens
 /// under `key`: proof that a key is the one the conversation's content was sealed under.
 pub fn request_opens(key: &DataKey, id: &ConversationId, sealed_request: &str) -> bool {
-    key.open_text(&content_aad(id, REQUEST), sealed_request).is_ok()
+    key.open_text(&conversation_aad(id, REQUEST), sealed_request)
+        .is_ok()
 }
 
 /// Seals a conversation's four content fields, each bound to its field.
 pub(crate) fn seal_fields(key: &DataKey, id: &ConversationId, fields: &ContentFields) -> ContentFields {
-    let seal = |field: &str, value: &str| key.seal_text(&content_aad(id, field), value);
+    let seal = |field: &str, value: &str| key.seal_text(&conversation_aad(id, field), value);
     ContentFields {
         conversation_name: fields.conversation_name.as_deref().map(|v| seal(NAME, v)),
         conversational_context: fields.conversational_context.as_deref().map(|v| seal(CONTEXT, v)),
@@ -234,23 +240,24 @@ pub(crate) fn seal_fields(key: &DataKey, id: &ConversationId, fields: &ContentFi
 /// Seals an event's properties (JSON text) into the text form stored as a JSON string, in the
 /// event row and in its delivery's envelope alike; the event type is bound in.
 pub(crate) fn seal_properties(key: &DataKey, id: &ConversationId, event_type: &str, json: &str) -> String {
-    key.seal_text(&content_aad(id, &event_field(event_type)), json)
+    key.seal_text(&conversation_aad(id, &event_field(event_type)), json)
 }
 
 /// Whether a blob's bytes open as sealed under the conversation's key, without a word in the log
 /// when they do not (sealing in place asks this of every plaintext blob).
 pub(crate) fn blob_opens(key: &DataKey, id: &ConversationId, blob_key: &str, bytes: &[u8]) -> bool {
-    key.open(&content_aad(id, &blob_field(blob_key)), bytes).is_ok()
+    key.open(&conversation_aad(id, &blob_field(blob_key)), bytes)
+        .is_ok()
 }
 
 /// Seals a blob's bytes under the conversation's key, bound to the blob's key in the store.
 pub fn seal_blob(key: &DataKey, id: &ConversationId, blob_key: &str, bytes: &[u8]) -> Bytes {
-    Bytes::from(key.seal(&content_aad(id, &blob_field(blob_key)), bytes))
+    Bytes::from(key.seal(&conversation_aad(id, &blob_field(blob_key)), bytes))
 }
 
 /// Opens a blob made by [`seal_blob`]; `None` when it does not open.
 pub fn open_blob(key: &DataKey, id: &ConversationId, blob_key: &str, sealed: &[u8]) -> Option<Bytes> {
-    match key.open(&content_aad(id, &blob_field(blob_key)), sealed) {
+    match key.open(&conversation_aad(id, &blob_field(blob_key)), sealed) {
         Ok(plain) => Some(Bytes::from(plain)),
         Err(e) => {
             tracing::error!(conversation.id = %id, blob.key = blob_key, error = %e, "stored blob does not open");
@@ -312,7 +319,11 @@ impl ConversationStore for SealedStore {
         max_active: u32,
         jobs: &[(JobKind, Timestamp)],
     ) -> StoreResult<()> {
-        let key = match self.keys.create(&conversation.id, conversation.created_at).await {
+        let key = match self
+            .keys
+            .create(&(&conversation.id).into(), conversation.created_at)
+            .await
+        {
             Ok(key) => key,
             // Another conversation (or a create that died half way) holds this id: draw again.
             Err(KeyError::AlreadyExists(id)) => {
@@ -325,7 +336,7 @@ impl ConversationStore for SealedStore {
         let created = self.inner.create_conversation(&sealed, max_active, jobs).await;
         if created.is_err() {
             // The key is ours alone; a failure to destroy it leaves an orphan `parley verify` finds.
-            if let Err(e) = self.keys.destroy(&conversation.id).await {
+            if let Err(e) = self.keys.destroy(&(&conversation.id).into()).await {
                 tracing::warn!(conversation.id = %conversation.id, error = %e, "destroying the key of a failed create failed");
             }
         }
@@ -361,7 +372,7 @@ impl ConversationStore for SealedStore {
             .inner
             .list_conversations(account, status, limit, offset)
             .await?;
-        let ids: Vec<ConversationId> = page.iter().map(|c| c.id.clone()).collect();
+        let ids: Vec<KeyOwner> = page.iter().map(|c| KeyOwner::from(&c.id)).collect();
         let keys = self.keys.get_many(&ids).await.map_err(key_error)?;
         let opened = page
             .into_iter()

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use futures::TryStreamExt;
 use parley_blobs::{BlobError, BlobKey, Blobs};
-use parley_domain::{ConversationId, EventType, Timestamp};
+use parley_domain::{ConversationId, EventType, KeyOwner, Timestamp};
 use parley_keys::{ConversationKey, DataKey, KeyError, KeyStore};
 use parley_store::{ConversationStore, Resealed, UnsealedConversation};
 use serde_json::Value;
@@ -238,11 +238,12 @@ async fn blobs_by_conversation(blobs: &Blobs) -> anyhow::Result<HashMap<String, 
 /// The batch's keys in order: those an interrupted run made, and fresh ones (one sync) for the
 /// rest.
 async fn keys_for(keys: &dyn KeyStore, ids: &[ConversationId]) -> anyhow::Result<Vec<ConversationKey>> {
-    let found = keys.get_many(ids).await.context("reading data keys")?;
+    let owners: Vec<KeyOwner> = ids.iter().map(KeyOwner::from).collect();
+    let found = keys.get_many(&owners).await.context("reading data keys")?;
     if found.iter().all(Option::is_some) {
         return Ok(found.into_iter().flatten().collect());
     }
-    let missing: Vec<ConversationId> = ids
+    let missing: Vec<KeyOwner> = owners
         .iter()
         .zip(&found)
         .filter(|(_, k)| k.is_none())
@@ -261,7 +262,7 @@ async fn keys_for(keys: &dyn KeyStore, ids: &[ConversationId]) -> anyhow::Result
 }
 
 /// The keys of `ids`, each found or made on its own.
-async fn one_by_one(keys: &dyn KeyStore, ids: &[ConversationId]) -> anyhow::Result<Vec<ConversationKey>> {
+async fn one_by_one(keys: &dyn KeyStore, ids: &[KeyOwner]) -> anyhow::Result<Vec<ConversationKey>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let key = match keys.get(id).await? {
@@ -437,7 +438,8 @@ mod tests {
     fn a_plaintext_conversation_is_sealed_as_the_sealed_store_reads_it() {
         let (c, key) = (plaintext(), DataKey::generate());
         let r = reseal(&c, &key);
-        let open = |field: &str, text: &str| key.open_text(&content_aad(&c.id, field), text).unwrap();
+        let aad = |field: &str| content_aad(&KeyOwner::from(&c.id), field);
+        let open = |field: &str, text: &str| key.open_text(&aad(field), text).unwrap();
         assert_eq!(
             open("conversation.request_json", &r.fields.request_json),
             c.fields.request_json

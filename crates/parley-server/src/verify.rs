@@ -1,7 +1,7 @@
 //! `parley verify`: cross-checks conversations, their data keys, blobs, erasure receipts and purge
 //! jobs, and with `--repair` finishes what a crash (or a lost key) left half done.
 //!
-//! Memory: the key store's list is read whole (`KeyStore::list`: conversation, key id and time, up
+//! Memory: the key store's list is read whole (`KeyStore::list`: owner, key id and time, up
 //! to about 150 bytes a key), conversations and receipts are paged by key, only purge and finalize
 //! jobs are kept from the job table, and the blob listing is streamed; so a check holds the keys,
 //! the pending purges and its findings, never every conversation. Every finding is looked up again
@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::TryStreamExt;
 use parley_blobs::{BlobKey, Blobs};
-use parley_domain::{ConversationId, Timestamp};
-use parley_keys::{KeyError, KeyId, KeyStore, PgKeyStore, SlotFileKeyStore, is_sealed_text};
+use parley_domain::{ConversationId, KeyOwner, Timestamp};
+use parley_keys::{KeyError, KeyId, KeyInfo, KeyStore, PgKeyStore, SlotFileKeyStore, is_sealed_text};
 use parley_store::table::{Row, Table, Value};
 use parley_store::{ConversationStore, DeleteScope, HardDeleteOutcome, Job, JobKind};
 use parley_store_postgres::PostgresStore;
@@ -109,9 +109,13 @@ pub enum Repair {
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     pub kind: Kind,
-    /// The conversation it is about (for a stray blob, nothing: see `blob`).
+    /// The conversation it is about (for a stray blob, nothing: see `blob`; for a key that is
+    /// not a conversation's, nothing: see `key_owner`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<ConversationId>,
+    /// The owner of a key that is not a conversation's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_owner: Option<KeyOwner>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     /// The blob's key, for findings about one blob.
@@ -129,6 +133,20 @@ impl Finding {
         Self {
             kind,
             conversation_id: Some(id.clone()),
+            key_owner: None,
+            key_id: None,
+            blob: None,
+            detail: BTreeMap::new(),
+            repair: None,
+        }
+    }
+
+    /// A finding about a key whose owner is not a conversation.
+    fn of_key(kind: Kind, owner: &KeyOwner) -> Self {
+        Self {
+            kind,
+            conversation_id: None,
+            key_owner: Some(owner.clone()),
             key_id: None,
             blob: None,
             detail: BTreeMap::new(),
@@ -156,11 +174,12 @@ impl Finding {
         self.kind.is_problem() && self.repair != Some(Repair::Repaired)
     }
 
-    /// Its line: `kind conversation [key] [blob] [name=value…] [-> repair]`.
+    /// Its line: `kind conversation|owner [key] [blob] [name=value…] [-> repair]`.
     pub fn line(&self) -> String {
         let mut line = self.kind.as_str().to_owned();
         for word in [
             self.conversation_id.as_ref().map(ConversationId::as_str),
+            self.key_owner.as_ref().map(KeyOwner::as_str),
             self.key_id.as_deref(),
             self.blob.as_deref(),
         ]
@@ -373,6 +392,9 @@ struct PendingJob {
 #[derive(Default)]
 struct Scan {
     keys: HashMap<ConversationId, KeyEntry>,
+    /// Keys whose owner is not a conversation: nothing else in the content store owns a key yet,
+    /// so each is an orphan.
+    other_keys: Vec<KeyInfo>,
     /// Conversations with a row and no key, with their account.
     keyless: BTreeMap<ConversationId, String>,
     /// Rows whose key is there: evidence that the key store and the content store belong together.
@@ -416,19 +438,27 @@ async fn scan(o: &Opened) -> anyhow::Result<Scan> {
     let mut s = Scan::default();
     // Keys first: a conversation made during the scan then shows as a row without a key, which
     // the confirmation finds has one; never as a key without a row, which a repair would destroy.
-    for info in o.keys.list().await.map_err(key_error).context("listing keys")? {
-        s.keys.insert(
-            info.conversation_id,
-            KeyEntry {
-                key_id: info.key_id,
-                created_at: info.created_at,
-                row: false,
-                receipt: false,
-                blobs: 0,
-            },
-        );
+    let listed = o.keys.list().await.map_err(key_error).context("listing keys")?;
+    s.checked.keys = listed.len() as u64;
+    for info in listed {
+        // Whose key it is decides what it is checked against; the owners of other kinds of
+        // sealed object get their own arm when their rows are checked.
+        match info.owner.as_conversation() {
+            Some(id) => {
+                s.keys.insert(
+                    id,
+                    KeyEntry {
+                        key_id: info.key_id,
+                        created_at: info.created_at,
+                        row: false,
+                        receipt: false,
+                        blobs: 0,
+                    },
+                );
+            }
+            None => s.other_keys.push(info),
+        }
     }
-    s.checked.keys = s.keys.len() as u64;
 
     let mut after: Option<ConversationId> = None;
     loop {
@@ -595,7 +625,7 @@ async fn now_of(o: &Opened, id: &ConversationId) -> anyhow::Result<Now> {
         .with_context(|| format!("loading {id}"))?;
     let key = o
         .keys
-        .get(id)
+        .get(&id.into())
         .await
         .map_err(key_error)
         .with_context(|| format!("reading the key of {id}"))?
@@ -690,6 +720,23 @@ async fn findings(o: &Opened, s: &Scan, grace: Duration) -> anyhow::Result<Vec<F
         );
     }
 
+    for info in &s.other_keys {
+        // Destroyed since the list was read: nothing to report.
+        if o.keys.get(&info.owner).await.map_err(key_error)?.is_none() {
+            continue;
+        }
+        let kind = if o.shared_keys && info.created_at > grace_from {
+            Kind::RecentOrphanKey
+        } else {
+            Kind::OrphanKey
+        };
+        found.push(
+            Finding::of_key(kind, &info.owner)
+                .key(info.key_id)
+                .with("created", info.created_at),
+        );
+    }
+
     for id in &s.unrecorded {
         if s.jobs
             .get(id)
@@ -735,13 +782,21 @@ async fn findings(o: &Opened, s: &Scan, grace: Duration) -> anyhow::Result<Vec<F
         found.push(Finding {
             kind: Kind::StrayBlob,
             conversation_id: None,
+            key_owner: None,
             key_id: None,
             blob: Some(blob.clone()),
             detail: BTreeMap::new(),
             repair: None,
         });
     }
-    found.sort_by(|a, b| (&a.conversation_id, a.kind, &a.blob).cmp(&(&b.conversation_id, b.kind, &b.blob)));
+    found.sort_by(|a, b| {
+        (&a.conversation_id, &a.key_owner, a.kind, &a.blob).cmp(&(
+            &b.conversation_id,
+            &b.key_owner,
+            b.kind,
+            &b.blob,
+        ))
+    });
     Ok(found)
 }
 
@@ -775,9 +830,15 @@ async fn repair(o: &Opened, s: &Scan, findings: &mut [Finding]) -> anyhow::Resul
     for (id, indices) in by_conversation {
         let Some(id) = id else {
             for i in indices {
-                findings[i].repair = Some(Repair::Left(
-                    "not a conversation's blob: remove it by hand if it is not parley's".into(),
-                ));
+                let r = match (findings[i].kind, findings[i].key_owner.clone()) {
+                    (Kind::RecentOrphanKey, Some(_)) => Repair::Left(in_flight()),
+                    (Kind::OrphanKey, Some(_)) if unrelated => Repair::Left(unrelated_stores()),
+                    (Kind::OrphanKey, Some(owner)) => done(destroy_other_key(o, &owner).await),
+                    _ => Repair::Left(
+                        "not a conversation's blob: remove it by hand if it is not parley's".into(),
+                    ),
+                };
+                findings[i].repair = Some(r);
             }
             continue;
         };
@@ -812,9 +873,7 @@ async fn repair(o: &Opened, s: &Scan, findings: &mut [Finding]) -> anyhow::Resul
         }
         for (&i, &kind) in indices.iter().zip(&kinds) {
             let r = match kind {
-                Kind::RecentOrphanKey => {
-                    Repair::Left("younger than --grace: a create may be in flight; run again later".into())
-                }
+                Kind::RecentOrphanKey => Repair::Left(in_flight()),
                 Kind::OrphanKey if unrelated => Repair::Left(unrelated_stores()),
                 Kind::OrphanKey => done(destroy_orphan_key(o, &id).await),
                 Kind::OrphanBlob => done(delete_orphan_blobs(o, &id).await),
@@ -836,6 +895,10 @@ async fn repair(o: &Opened, s: &Scan, findings: &mut [Finding]) -> anyhow::Resul
     Ok(())
 }
 
+fn in_flight() -> String {
+    "younger than --grace: a create may be in flight; run again later".into()
+}
+
 fn unrelated_stores() -> String {
     "not one conversation has its key in this key store: check --key-store and \
      --data-dir/--database-url; nothing was destroyed"
@@ -848,7 +911,7 @@ fn done(result: anyhow::Result<Repair>) -> Repair {
 
 /// Erases a conversation whose key is lost: its rows with a receipt (`key_lost`), then its blobs.
 async fn erase_keyless(o: &Opened, id: &ConversationId) -> anyhow::Result<Repair> {
-    if o.keys.get(id).await.map_err(key_error)?.is_some() {
+    if o.keys.get(&id.into()).await.map_err(key_error)?.is_some() {
         return Ok(Repair::Left("it has a key now".into()));
     }
     let now = Timestamp::now();
@@ -902,7 +965,17 @@ async fn destroy_orphan_key(o: &Opened, id: &ConversationId) -> anyhow::Result<R
         return Ok(Repair::Left("the conversation exists now".into()));
     }
     o.keys
-        .destroy(id)
+        .destroy(&id.into())
+        .await
+        .map_err(key_error)
+        .context("destroying the key")?;
+    Ok(Repair::Repaired)
+}
+
+/// Destroys a key whose owner is not a conversation: no row of the content store can own it.
+async fn destroy_other_key(o: &Opened, owner: &KeyOwner) -> anyhow::Result<Repair> {
+    o.keys
+        .destroy(owner)
         .await
         .map_err(key_error)
         .context("destroying the key")?;

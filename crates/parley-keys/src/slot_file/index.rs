@@ -1,7 +1,7 @@
-//! The in-memory index of a slot file: a keyed 64-bit hash of each conversation id to its slot.
+//! The in-memory index of a slot file: a keyed 64-bit hash of each key's owner to its slot.
 //!
 //! It stores no ids, so a million keys cost about 32 MiB (hashbrown's table of `(u64, u32)`
-//! entries at its power-of-two capacity) instead of one heap string each. Two conversations may
+//! entries at its power-of-two capacity) instead of one heap string each. Two owners may
 //! share a hash; both slots are kept, and the store tells them apart by reading the slot, which
 //! holds the id. The hash is SipHash under a random per-process key, so nobody can pick ids
 //! that collide on purpose.
@@ -9,21 +9,21 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-/// Conversation id hashes to slots.
+/// Owner hashes to slots.
 #[derive(Default)]
 pub(super) struct Index {
     ids: RandomState,
     /// The first slot of each hash.
     first: HashMap<u64, u32, BuildHasherDefault<AlreadyHashed>>,
-    /// Further slots of a hash that several conversations share: almost always empty.
+    /// Further slots of a hash that several owners share: almost always empty.
     more: HashMap<u64, Vec<u32>, BuildHasherDefault<AlreadyHashed>>,
     len: usize,
 }
 
 impl Index {
-    /// The hash under which `conversation` is indexed.
-    pub(super) fn hash(&self, conversation: &str) -> u64 {
-        self.ids.hash_one(conversation)
+    /// The hash under which `owner` is indexed.
+    pub(super) fn hash(&self, owner: &str) -> u64 {
+        self.ids.hash_one(owner)
     }
 
     /// Adds a slot under a hash.
@@ -73,14 +73,14 @@ impl Index {
         removed
     }
 
-    /// Moves a conversation's entry from one slot to another.
+    /// Moves an owner's entry from one slot to another.
     pub(super) fn replace(&mut self, hash: u64, old: u32, new: u32) {
         if self.remove(hash, old) {
             self.insert(hash, new);
         }
     }
 
-    /// The slots that may hold the conversation with this hash.
+    /// The slots that may hold the owner with this hash.
     pub(super) fn candidates(&self, hash: u64) -> impl Iterator<Item = u32> + '_ {
         // `more` is almost always empty: skip hashing into it then.
         let more = match self.more.is_empty() {

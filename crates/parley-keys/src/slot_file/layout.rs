@@ -27,8 +27,8 @@
 //!
 //! ```text
 //!   0  1  state: 0 empty, 1 one wrapped copy, 2 two (during a rotation)
-//!   1  1  length of the conversation id (7..=33)
-//!   2 33  conversation id, ASCII, zero-padded
+//!   1  1  length of the owner (7..=33)
+//!   2 33  owner: the id of the sealed object (a conversation id), ASCII, zero-padded
 //!  35  8  key id
 //!  43  8  created at, microseconds since the epoch, i64 little-endian
 //!  51  8  master key id of the first wrapped copy
@@ -43,7 +43,7 @@
 //! a write that a crash cut short. Slots are 256 bytes at offsets that are multiples of 256, so
 //! none straddles a 512-byte sector, and the two header copies are a sector each.
 
-use parley_domain::ConversationId;
+use parley_domain::KeyOwner;
 
 use crate::id::KeyId;
 use crate::master::{MasterKeyId, WRAPPED_LEN};
@@ -188,8 +188,8 @@ pub struct Wrap<'a> {
 /// A live slot, borrowed from the bytes it was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotView<'a> {
-    /// Whose key (already checked to be `c` + lowercase hex).
-    pub conversation: &'a str,
+    /// Whose key (already checked to be a lowercase letter + lowercase hex, a [`KeyOwner`]).
+    pub owner: &'a str,
     /// Which key.
     pub key_id: KeyId,
     /// When it was created, microseconds since the epoch.
@@ -225,20 +225,15 @@ pub enum SlotRead<'a> {
 }
 
 /// A live slot's bytes. `wraps` holds one or two copies, each a 73-byte wrapped data key.
-pub fn encode_slot(
-    conversation: &ConversationId,
-    key_id: KeyId,
-    created_at: i64,
-    wraps: &[Wrap<'_>],
-) -> [u8; SLOT_LEN] {
+pub fn encode_slot(owner: &KeyOwner, key_id: KeyId, created_at: i64, wraps: &[Wrap<'_>]) -> [u8; SLOT_LEN] {
     assert!(
         matches!(wraps.len(), 1 | 2),
         "a slot holds one or two wrapped copies"
     );
-    let id = conversation.as_str().as_bytes();
+    let id = owner.as_str().as_bytes();
     let mut b = [0u8; SLOT_LEN];
     b[0] = wraps.len() as u8;
-    // ConversationId::parse allows at most 33 bytes, which is what the slot has room for.
+    // KeyOwner::parse allows at most 33 bytes, which is what the slot has room for.
     b[1] = id.len() as u8;
     b[2..2 + id.len()].copy_from_slice(id);
     b[35..43].copy_from_slice(&key_id.to_bytes());
@@ -272,9 +267,9 @@ pub fn decode_slot(b: &[u8]) -> SlotRead<'_> {
     let len = b[1] as usize;
     let id = &b[2..2 + len.min(ID_MAX)];
     let id_ok = (7..=ID_MAX).contains(&len)
-        && id[0] == b'c'
+        && id[0].is_ascii_lowercase()
         && id[1..].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-    let Ok(conversation) = std::str::from_utf8(id) else {
+    let Ok(owner) = std::str::from_utf8(id) else {
         return SlotRead::Torn;
     };
     if !id_ok {
@@ -285,7 +280,7 @@ pub fn decode_slot(b: &[u8]) -> SlotRead<'_> {
         wrapped: &b[at + 8..at + 8 + WRAPPED_LEN],
     };
     SlotRead::Live(SlotView {
-        conversation,
+        owner,
         key_id: KeyId::from_bytes(b[35..43].try_into().expect("8 bytes")),
         created_at: i64::from_le_bytes(b[43..51].try_into().expect("8 bytes")),
         wraps: [wrap(WRAP_AT[0]), wrap(WRAP_AT[1])],
@@ -364,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_slot_round_trips_with_one_or_two_wrapped_copies() {
-        let conversation = ConversationId::parse(&format!("c{}", "f".repeat(32))).unwrap();
+        let owner = KeyOwner::parse(&format!("c{}", "f".repeat(32))).unwrap();
         let (w1, w2) = ([1u8; WRAPPED_LEN], [2u8; WRAPPED_LEN]);
         let wraps = [
             Wrap {
@@ -377,11 +372,11 @@ mod tests {
             },
         ];
         for n in [1, 2] {
-            let bytes = encode_slot(&conversation, KeyId::from_bytes([9; 8]), -5, &wraps[..n]);
+            let bytes = encode_slot(&owner, KeyId::from_bytes([9; 8]), -5, &wraps[..n]);
             let SlotRead::Live(view) = decode_slot(&bytes) else {
                 panic!("not live")
             };
-            assert_eq!(view.conversation, conversation.as_str());
+            assert_eq!(view.owner, owner.as_str());
             assert_eq!(view.key_id, KeyId::from_bytes([9; 8]));
             assert_eq!(view.created_at, -5);
             assert_eq!(view.wraps(), &wraps[..n]);
@@ -392,10 +387,10 @@ mod tests {
     #[test]
     fn zeros_are_empty_and_any_changed_byte_or_a_half_write_is_torn() {
         assert_eq!(decode_slot(&[0; SLOT_LEN]), SlotRead::Empty);
-        let conversation = ConversationId::parse("c0123456").unwrap();
+        let owner = KeyOwner::parse("c0123456").unwrap();
         let w = [7u8; WRAPPED_LEN];
         let bytes = encode_slot(
-            &conversation,
+            &owner,
             KeyId::random(),
             1,
             &[Wrap {

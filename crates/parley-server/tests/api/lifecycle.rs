@@ -69,7 +69,7 @@ async fn create_returns_the_documented_fields_and_stores_every_create_field() {
     assert!(stored.starts_with("pe1:"), "{stored}");
     let data_key = &app.backing.data_keys().await[id].key;
     let aad = parley_keys::content_aad(
-        &parley_domain::ConversationId::parse(id).unwrap(),
+        &parley_domain::KeyOwner::from(parley_domain::ConversationId::parse(id).unwrap()),
         "conversation.request_json",
     );
     let stored: Value = serde_json::from_str(&data_key.open_text(&aad, &stored).unwrap()).unwrap();
@@ -219,7 +219,8 @@ async fn end_produces_the_events_and_a_real_recording() {
     assert_ne!(wav, stored);
     let data_key = &app.backing.data_keys().await[&id].key;
     let field = format!("blob:conversations/{id}/assets/recording.wav");
-    let aad = parley_keys::content_aad(&parley_domain::ConversationId::parse(&id).unwrap(), &field);
+    let owner = parley_domain::KeyOwner::from(parley_domain::ConversationId::parse(&id).unwrap());
+    let aad = parley_keys::content_aad(&owner, &field);
     assert_eq!(wav, data_key.open(&aad, &stored).unwrap());
     // 8 kHz, 16-bit mono: two bytes a sample, a second or more of call.
     assert!(wav.len() >= 44 + 16_000, "{}", wav.len());

@@ -118,7 +118,7 @@ async fn orphan_key(backing: &Backing) -> String {
         .await
         .unwrap();
     let id = ConversationId::from_random(rand::random());
-    store.create(&id, Timestamp::now()).await.unwrap();
+    store.create(&(&id).into(), Timestamp::now()).await.unwrap();
     id.to_string()
 }
 

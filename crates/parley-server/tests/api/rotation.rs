@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{ConversationId, KeyOwner, Timestamp};
 use parley_keys::{KeyStoreStatus, MasterKey};
 use serde_json::json;
 
@@ -154,8 +154,8 @@ async fn a_rotation_stopped_or_killed_half_way_finishes_when_run_again() {
     // Thousands of keys, so that the rotation takes many batches: conversations of an old
     // store would have them, but a key is all a rotation sees.
     let keys = backing.key_store().await;
-    let extra: Vec<ConversationId> = (0..5000)
-        .map(|_| ConversationId::from_random(rand::random()))
+    let extra: Vec<KeyOwner> = (0..5000)
+        .map(|_| KeyOwner::from(ConversationId::from_random(rand::random())))
         .collect();
     for chunk in extra.chunks(1000) {
         keys.create_many(chunk, Timestamp::now()).await.unwrap();

@@ -134,7 +134,7 @@ async fn blobs_sealed(backing: &Backing) -> bool {
     for (blob_key, _) in blobs.list_prefix(BlobKey::ROOT).await.unwrap() {
         let id = blob_key.split('/').nth(1).unwrap();
         let bytes = blobs.get(&blob_key).await.unwrap();
-        let cid = parley_domain::ConversationId::parse(id).unwrap();
+        let cid = parley_domain::KeyOwner::from(parley_domain::ConversationId::parse(id).unwrap());
         let aad = parley_keys::content_aad(&cid, &format!("blob:{blob_key}"));
         let opens = keys.get(id).is_some_and(|k| k.key.open(&aad, &bytes).is_ok());
         if bytes.starts_with(b"RIFF") || !opens {

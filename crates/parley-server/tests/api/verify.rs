@@ -2,7 +2,7 @@
 //! is reported, and `--repair` mends it without touching any other conversation.
 
 use parley_blobs::BlobKey;
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{ConversationId, KeyOwner, Timestamp};
 use parley_store::{DeleteScope, HardDeleteOutcome, JobKind};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -133,7 +133,7 @@ async fn a_lost_key_is_reported_and_repair_erases_the_conversation_it_made_unrea
     let lost = &made[0];
     let keys = backing.key_store().await;
     let id = ConversationId::parse(&lost.id).unwrap();
-    keys.destroy(&id).await.unwrap().expect("it had a key");
+    keys.destroy(&(&id).into()).await.unwrap().expect("it had a key");
     drop(keys);
 
     let found = backing.verify(&[]).await;
@@ -183,18 +183,26 @@ async fn keys_of_no_conversation_are_reported_and_repair_destroys_them() {
     let (app, made) = with_conversations(2).await;
     let key = app.key.clone();
     let backing = app.stop().await;
-    // A create that died between its key and its row, an hour ago and just now.
+    // A create that died between its key and its row, an hour ago and just now; and the key of
+    // a resource row's id, which no conversation can own.
     let keys = backing.key_store().await;
     let old = ConversationId::from_random(rand::random());
     let new = ConversationId::from_random(rand::random());
+    let row = KeyOwner::parse(&parley_domain::random_id('o', rand::random())).unwrap();
+    let row_key = keys
+        .create(&row, Timestamp::now().plus_secs(-3600))
+        .await
+        .unwrap()
+        .key_id
+        .to_string();
     let old_key = keys
-        .create(&old, Timestamp::now().plus_secs(-3600))
+        .create(&(&old).into(), Timestamp::now().plus_secs(-3600))
         .await
         .unwrap()
         .key_id
         .to_string();
     let new_key = keys
-        .create(&new, Timestamp::now())
+        .create(&(&new).into(), Timestamp::now())
         .await
         .unwrap()
         .key_id
@@ -203,19 +211,25 @@ async fn keys_of_no_conversation_are_reported_and_repair_destroys_them() {
 
     let found = backing.verify(&[]).await;
     found.assert_code(1);
-    let orphan = |id: &ConversationId, key_id: &str| format!("orphan-key {id} {key_id} created=");
+    let orphan = |id: &str, key_id: &str| format!("orphan-key {id} {key_id} created=");
     let lines = found.of("orphan-key");
-    assert!(
-        lines.iter().any(|l| l.starts_with(&orphan(&old, &old_key))),
-        "{found}"
-    );
+    for (owner, key_id) in [(old.as_str(), &old_key), (row.as_str(), &row_key)] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&orphan(owner, key_id))),
+            "{found}"
+        );
+    }
     if backing.is_sqlite() {
         // The slot file is verify's alone while it runs: no create can be in flight.
-        assert_eq!(lines.len(), 2, "{found}");
-        assert!(lines.iter().any(|l| l.starts_with(&orphan(&new, &new_key))));
+        assert_eq!(lines.len(), 3, "{found}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&orphan(new.as_str(), &new_key)))
+        );
     } else {
         // On a shared key store a key this young may be a create in flight on a live server.
-        assert_eq!(lines.len(), 1, "{found}");
+        assert_eq!(lines.len(), 2, "{found}");
         let recent = found.of("recent-orphan-key");
         assert_eq!(recent.len(), 1, "{found}");
         assert!(recent[0].starts_with(&format!("recent-orphan-key {new} {new_key}")));
@@ -228,7 +242,7 @@ async fn keys_of_no_conversation_are_reported_and_repair_destroys_them() {
     let repaired = backing.verify(&["--repair", "--grace", "0s"]).await;
     repaired.assert_code(0);
     backing.assert_verifies_clean().await;
-    for key_id in [&old_key, &new_key] {
+    for key_id in [&old_key, &new_key, &row_key] {
         assert!(!backing.key_store_mentions(key_id).await, "{key_id} remains");
     }
     let app = restart(backing, &key).await;
@@ -314,7 +328,7 @@ async fn an_erasure_whose_key_survived_or_went_unrecorded_and_blobs_left_behind_
     erase_rows(&*raw, &unrecorded.id).await;
     let keys = backing.key_store().await;
     let id = ConversationId::parse(&unrecorded.id).unwrap();
-    keys.destroy(&id).await.unwrap().expect("it had a key");
+    keys.destroy(&(&id).into()).await.unwrap().expect("it had a key");
     drop(keys);
     let job = claim(&*raw, &unrecorded.id, JobKind::Purge).await;
     raw.complete_job(&job).await.unwrap();

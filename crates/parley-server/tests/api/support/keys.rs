@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use parley_domain::ConversationId;
+use parley_domain::{ConversationId, KeyOwner};
 use parley_keys::{DataKey, KeyId, MasterKey, content_aad};
 use sqlx::Row;
 
@@ -25,29 +25,28 @@ impl Backing {
         MasterKey::load_file(&self.config().keys.master_key_file).expect("the master key file")
     }
 
-    /// Every data key the key store holds, by conversation id, read from the store's bytes (the
+    /// Every data key the key store holds, by owner (a conversation's id), read from the store's bytes (the
     /// slot file, without its lock; or the key database's rows) and unwrapped with the master key.
     pub async fn data_keys(&self) -> HashMap<String, FoundKey> {
         self.data_keys_under(&self.master_key()).await
     }
 
-    /// Every data key of the key store's bytes that `master` unwraps, by conversation id: after a
+    /// Every data key of the key store's bytes that `master` unwraps, by owner: after a
     /// rotation, none for the old master key.
     pub async fn data_keys_under(&self, master: &MasterKey) -> HashMap<String, FoundKey> {
         let mut found = HashMap::new();
-        let add =
-            |found: &mut HashMap<String, FoundKey>, conversation: &str, key_id: KeyId, wrapped: &[u8]| {
-                let id = ConversationId::parse(conversation).expect("a conversation id");
-                if let Ok(key) = master.unwrap_key(&id, key_id, wrapped) {
-                    found.insert(
-                        conversation.to_owned(),
-                        FoundKey {
-                            key_id: key_id.to_string(),
-                            key,
-                        },
-                    );
-                }
-            };
+        let add = |found: &mut HashMap<String, FoundKey>, owner: &str, key_id: KeyId, wrapped: &[u8]| {
+            let id = KeyOwner::parse(owner).expect("a key owner");
+            if let Ok(key) = master.unwrap_key(&id, key_id, wrapped) {
+                found.insert(
+                    owner.to_owned(),
+                    FoundKey {
+                        key_id: key_id.to_string(),
+                        key,
+                    },
+                );
+            }
+        };
         match &self.key_store {
             None => {
                 let bytes = std::fs::read(self.key_dir().join("keys.slots")).unwrap_or_default();
@@ -168,7 +167,7 @@ impl Backing {
         let Some(found) = keys.get(id) else {
             return Vec::new();
         };
-        let cid = ConversationId::parse(id).unwrap();
+        let cid = KeyOwner::from(ConversationId::parse(id).unwrap());
         let open = |field: &str, sealed: &str| {
             found
                 .key

@@ -2,7 +2,7 @@
 //! store. Every sealed value is opened with the state's keys and written back as plaintext.
 
 use parley_blobs::BlobKey;
-use parley_domain::ConversationId;
+use parley_domain::{ConversationId, KeyOwner};
 use parley_keys::content_aad;
 use serde_json::Value;
 use sqlx::Row;
@@ -24,7 +24,7 @@ impl Backing {
     pub async fn unseal(&self) {
         let keys = self.data_keys().await;
         let open = |id: &str, field: &str, sealed: &str| -> String {
-            let cid = ConversationId::parse(id).unwrap();
+            let cid = KeyOwner::from(ConversationId::parse(id).unwrap());
             keys[id]
                 .key
                 .open_text(&content_aad(&cid, field), sealed)
@@ -102,7 +102,7 @@ impl Backing {
         let blobs = self.blobs();
         for (blob_key, _) in blobs.list_prefix(BlobKey::ROOT).await.unwrap() {
             let id = blob_key.split('/').nth(1).unwrap();
-            let cid = ConversationId::parse(id).unwrap();
+            let cid = KeyOwner::from(ConversationId::parse(id).unwrap());
             let sealed = blobs.get(&blob_key).await.unwrap();
             let plain = keys[id]
                 .key

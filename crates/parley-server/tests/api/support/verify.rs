@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use parley_domain::{ConversationId, Timestamp};
+use parley_domain::{ConversationId, KeyOwner, Timestamp};
 use parley_keys::KeyStore;
 use parley_store::{ConversationStore, Job, JobKind};
 
@@ -111,7 +111,7 @@ impl Backing {
         let mut config = self.config().keys;
         config.key_store = location.clone();
         let keys = parley_server::app::open_keys(&config).await.unwrap().store;
-        let stranger = ConversationId::from_random(rand::random());
+        let stranger = KeyOwner::from(ConversationId::from_random(rand::random()));
         keys.create(&stranger, Timestamp::now().plus_secs(-3600))
             .await
             .unwrap();
