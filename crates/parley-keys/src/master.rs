@@ -297,6 +297,29 @@ mod tests {
         );
     }
 
+    /// A data key wrapped for conversation `ca4301628cb9` by parley before key owners existed
+    /// (master key `0011…eeff` twice, key id `k1032547698badcfe`, key bytes all `0x42`).
+    const WRAPPED_FOR_A_CONVERSATION: &str = "\
+        017cc5520886119f94deafb8dd8d3d2328b51deb7100006a53a220f0c09f99436034c1eda99dbbac0287ac2905b6876f\
+        2f12a1e2d1fbba6338e8e489339d591ae88df958ab421e543b";
+
+    #[test]
+    fn a_key_wrapped_for_a_conversation_before_key_owners_unwraps_under_its_id_as_owner() {
+        let master = MasterKey::parse(&"00112233445566778899aabbccddeeff".repeat(2)).unwrap();
+        let key_id = KeyId::parse("k1032547698badcfe").unwrap();
+        let wrapped = hex::decode(WRAPPED_FOR_A_CONVERSATION).unwrap();
+        let id = parley_domain::ConversationId::parse("ca4301628cb9").unwrap();
+        let key = master.unwrap_key(&KeyOwner::from(&id), key_id, &wrapped).unwrap();
+        assert_eq!(key.expose_bytes(), &[0x42; 32]);
+        // The AAD is the tag, then each part length-prefixed: the conversation id's bytes as is.
+        let mut aad = b"parley/wrapped-key/v1".to_vec();
+        aad.extend_from_slice(&12u32.to_be_bytes());
+        aad.extend_from_slice(b"ca4301628cb9");
+        aad.extend_from_slice(&8u32.to_be_bytes());
+        aad.extend_from_slice(&key_id.to_bytes());
+        assert_eq!(wrap_aad(&KeyOwner::from(id), key_id), aad);
+    }
+
     #[test]
     fn a_generated_key_file_is_private_loads_back_and_is_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();

@@ -297,6 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn content_sealed_for_a_conversation_before_key_owners_opens_under_its_id_as_owner() {
+        // Sealed by parley before key owners existed, under a key of 32 bytes of 0x42.
+        let sealed =
+            "pe1:ARSgTrSNXm3Iwqbq9O8lClUtRJzOU54pVH6IBWp6fikc1evVzm5dzVOEpDqSUKPdkXjeUveW2UiRPa0PWScq";
+        let owner = conversation("ca4301628cb9");
+        let aad = content_aad(&owner, "conversation.conversational_context");
+        let opened = DataKey::from_bytes(&[0x42; 32]).open_text(&aad, sealed);
+        assert_eq!(opened.unwrap(), "Talk about the weather");
+        let row = KeyOwner::parse("oa4301628cb9").unwrap();
+        let elsewhere = content_aad(&row, "conversation.conversational_context");
+        assert_eq!(
+            DataKey::from_bytes(&[0x42; 32]).open_text(&elsewhere, sealed),
+            Err(OpenError::Rejected)
+        );
+    }
+
+    #[test]
     fn a_data_key_never_prints_its_bytes() {
         let key = DataKey::from_bytes(&[0xab; 32]);
         assert_eq!(format!("{key:?}"), "DataKey(..)");

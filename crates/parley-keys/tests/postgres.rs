@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use parley_domain::KeyOwner;
-use parley_keys::testing::{KeyStoreFixture, T0, WrappedCopy, fresh_conversation};
+use parley_domain::{ConversationId, KeyOwner};
+use parley_keys::testing::{KeyStoreFixture, T0, WrappedCopy, fresh_conversation, fresh_row};
 use parley_keys::{KeyError, KeyId, KeyResult, KeyStore, MasterKey, PgKeyStore};
 use sqlx::{PgPool, Row};
 
@@ -185,5 +185,51 @@ async fn the_content_database_is_refused_as_a_key_database() {
     pool.close().await;
     let err = db.open(&MasterKey::generate()).await.err().expect("refused");
     assert!(err.to_string().contains("database of its own"), "{err}");
+    db.tear_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_row_written_before_key_owners_reads_back_and_a_rows_key_sits_beside_it() {
+    let db = FreshKeyDb::fresh().await;
+    let master = MasterKey::parse(&"00112233445566778899aabbccddeeff".repeat(2)).unwrap();
+    let store = db.open(&master).await.unwrap();
+    // The row as parley wrote it for conversation `ca4301628cb9` before key owners existed: the
+    // data key (all `0x42`) wrapped under this master key, bound to the conversation id.
+    let wrapped = hex::decode(
+        "017cc5520886119f94deafb8dd8d3d2328b51deb7100006a53a220f0c09f99436034c1eda99dbbac0287ac2905b6\
+         876f2f12a1e2d1fbba6338e8e489339d591ae88df958ab421e543b",
+    )
+    .unwrap();
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO data_key (conversation_id, data_key_id, created_at, master_key_id, wrapped) \
+         VALUES ('ca4301628cb9', 'k1032547698badcfe', $1, $2, $3)",
+    )
+    .bind(T0.as_micros())
+    .bind(master.id().to_string())
+    .bind(&wrapped)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let id = ConversationId::parse("ca4301628cb9").unwrap();
+    let got = store
+        .get(&KeyOwner::from(&id))
+        .await
+        .unwrap()
+        .expect("the old key");
+    assert_eq!(got.key.expose_bytes(), &[0x42; 32]);
+    let row = fresh_row();
+    store.create(&row, T0.plus_secs(1)).await.unwrap();
+    let owners: Vec<_> = store.list().await.unwrap().into_iter().map(|k| k.owner).collect();
+    assert_eq!(owners, [KeyOwner::from(&id), row.clone()]);
+    // The row's key is in the same column a conversation's is.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT conversation_id FROM data_key ORDER BY created_at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, ["ca4301628cb9", row.as_str()]);
+    pool.close().await;
+    drop(store);
     db.tear_down().await;
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_domain::KeyOwner;
+use parley_domain::{ConversationId, KeyOwner};
 use parley_keys::slot_file::layout::{self, SLOT_LEN, SlotRead};
 use parley_keys::testing::{KeyStoreFixture, T0, WrappedCopy, fresh_conversation};
 use parley_keys::{KeyError, KeyId, KeyResult, KeyStore, MasterKey, SlotFileKeyStore};
@@ -230,6 +230,59 @@ async fn a_slot_file_in_use_by_another_store_is_refused() {
     assert!(matches!(&err, KeyError::Locked(p) if *p == f.path), "{err}");
     drop(store);
     assert!(SlotFileKeyStore::open(&f.path, master).await.is_ok());
+}
+
+/// A key slot written for conversation `ca4301628cb9` by parley before key owners existed: key id
+/// `k1032547698badcfe`, created at 1_700_000_000_000_000 µs, wrapped under master key `0011…eeff`
+/// twice (the key's bytes are all `0x42`).
+const SLOT_OF_A_CONVERSATION: &str = "\
+    010c6361343330313632386362390000000000000000000000000000000000000000001032547698badcfe00401e1824\
+    0a060002a0da34465053de017cc5520886119f94deafb8dd8d3d2328b51deb7100006a53a220f0c09f99436034c1eda9\
+    9dbbac0287ac2905b6876f2f12a1e2d1fbba6338e8e489339d591ae88df958ab421e543b000000000000000000000000\
+    000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\
+    000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000\
+    0000000000000000000000006d3ec1b6";
+
+#[tokio::test]
+async fn a_slot_file_written_before_key_owners_opens_and_serves_its_conversations_key() {
+    let f = TempSlotFile::fresh().await;
+    let master = MasterKey::parse(&"00112233445566778899aabbccddeeff".repeat(2)).unwrap();
+    drop(f.open(&master).await.unwrap());
+    let slot = hex::decode(SLOT_OF_A_CONVERSATION).unwrap();
+    assert_eq!(slot.len(), SLOT_LEN);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f.path)
+        .unwrap()
+        .set_len(layout::slot_offset(1))
+        .unwrap();
+    write_at(&f.path, layout::slot_offset(0), &slot);
+
+    let store = f.open(&master).await.unwrap();
+    assert!(store.status().await.unwrap().repaired_at_open.is_empty());
+    let id = ConversationId::parse("ca4301628cb9").unwrap();
+    let owner = KeyOwner::from(&id);
+    let got = store.get(&owner).await.unwrap().expect("the old key");
+    assert_eq!(got.key_id.to_string(), "k1032547698badcfe");
+    assert_eq!(got.key.expose_bytes(), &[0x42; 32]);
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].owner.as_conversation(), Some(id));
+    assert_eq!(
+        listed[0].created_at,
+        parley_domain::Timestamp::from_micros(1_700_000_000_000_000)
+    );
+
+    // The same slot written today is byte for byte the old one.
+    let wrapped = live_slots(&f.path)[&0].wraps[0].clone();
+    let wraps = [layout::Wrap {
+        master: master.id(),
+        wrapped: &wrapped,
+    }];
+    let today = layout::encode_slot(&owner, got.key_id, 1_700_000_000_000_000, &wraps);
+    assert_eq!(today.as_slice(), slot.as_slice());
+    assert_eq!(store.destroy(&owner).await.unwrap(), Some(got.key_id));
+    assert!(!contains(&std::fs::read(&f.path).unwrap(), b"ca4301628cb9"));
 }
 
 #[tokio::test]
