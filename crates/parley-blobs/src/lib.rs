@@ -53,6 +53,9 @@ pub enum BlobKey {
         conversation: ConversationId,
         asset: String,
     },
+    /// `resources/{row_id}/{name}`: a persona's, replica's or document's content (a fetched
+    /// document, say), under the resource's internal row id.
+    Resource { row_id: String, name: String },
     /// `write-probe`: a few bytes rewritten only after a full disk, to learn when writes work again.
     WriteProbe,
 }
@@ -62,6 +65,7 @@ impl BlobKey {
     pub fn path(&self) -> String {
         match self {
             Self::Asset { conversation, asset } => format!("conversations/{conversation}/assets/{asset}"),
+            Self::Resource { row_id, name } => format!("{}{row_id}/{name}", Self::RESOURCE_ROOT),
             Self::WriteProbe => "write-probe".to_owned(),
         }
     }
@@ -77,6 +81,21 @@ impl BlobKey {
             return None;
         }
         ConversationId::parse(id).ok()
+    }
+
+    /// The prefix holding every resource's blobs.
+    pub const RESOURCE_ROOT: &str = "resources/";
+
+    /// The resource row whose prefix holds a blob, from the blob's key; `None` for a key outside
+    /// every resource's prefix.
+    pub fn resource_of(key: &str) -> Option<&str> {
+        let (row_id, rest) = key.strip_prefix(Self::RESOURCE_ROOT)?.split_once('/')?;
+        (!rest.is_empty() && !row_id.is_empty()).then_some(row_id)
+    }
+
+    /// The prefix holding every blob of a resource.
+    pub fn resource_prefix(row_id: &str) -> String {
+        format!("{}{row_id}/", Self::RESOURCE_ROOT)
     }
 
     /// The prefix holding every blob of a conversation.
@@ -183,7 +202,17 @@ impl Blobs {
 
     /// Deletes every blob of a conversation; returns how many were deleted. Safe to repeat.
     pub async fn delete_conversation(&self, conversation: &ConversationId) -> Result<usize, BlobError> {
-        let prefix = ObjectPath::from(BlobKey::conversation_prefix(conversation));
+        self.delete_prefix(&BlobKey::conversation_prefix(conversation))
+            .await
+    }
+
+    /// Deletes every blob of a resource; returns how many were deleted. Safe to repeat.
+    pub async fn delete_resource(&self, row_id: &str) -> Result<usize, BlobError> {
+        self.delete_prefix(&BlobKey::resource_prefix(row_id)).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<usize, BlobError> {
+        let prefix = ObjectPath::from(prefix);
         let paths: Vec<ObjectPath> = self
             .store
             .list(Some(&prefix))
@@ -282,6 +311,59 @@ mod tests {
         ] {
             assert_eq!(BlobKey::conversation_of(stray), None, "{stray}");
         }
+    }
+
+    #[test]
+    fn a_blob_key_names_its_resource_only_when_it_is_under_a_resource_prefix() {
+        let key = BlobKey::Resource {
+            row_id: "s0123456789abcdef".into(),
+            name: "content".into(),
+        };
+        assert_eq!(key.path(), "resources/s0123456789abcdef/content");
+        assert_eq!(BlobKey::resource_of(&key.path()), Some("s0123456789abcdef"));
+        assert_eq!(BlobKey::conversation_of(&key.path()), None);
+        for stray in [
+            "resources/",
+            "resources/s01",
+            "resources/s01/",
+            "resources//x",
+            "conversations/c0123abcd/assets/x",
+        ] {
+            assert_eq!(BlobKey::resource_of(stray), None, "{stray}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_resource_removes_only_its_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path()).unwrap();
+        let conversation = BlobKey::Asset {
+            conversation: ConversationId::parse("c111111").unwrap(),
+            asset: "recording.wav".into(),
+        };
+        blobs
+            .put(&conversation, Bytes::from_static(b"RIFF"))
+            .await
+            .unwrap();
+        for row_id in ["s1111111", "s11111112"] {
+            let key = BlobKey::Resource {
+                row_id: row_id.into(),
+                name: "content".into(),
+            };
+            blobs.put(&key, Bytes::from_static(b"%PDF")).await.unwrap();
+        }
+        assert_eq!(blobs.delete_resource("s1111111").await.unwrap(), 1);
+        assert_eq!(blobs.delete_resource("s1111111").await.unwrap(), 0);
+        let left: Vec<String> = blobs
+            .list_prefix("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(blobs.get(&conversation.path()).await.is_ok());
+        assert!(blobs.get("resources/s11111112/content").await.is_ok());
     }
 
     #[tokio::test]

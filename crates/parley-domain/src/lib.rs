@@ -8,10 +8,12 @@ pub mod event;
 pub mod id;
 pub mod registry;
 pub mod replica;
+pub mod resource;
 pub mod time;
 
 pub use conversation::{Conversation, ShutdownReason, Status};
 pub use create::{CreateConversation, Limits, NewConversation, Transport, ValidationError};
 pub use event::{Event, EventType, NewDelivery};
 pub use id::{ConversationId, InvalidId, KeyOwner, random_id};
+pub use resource::ResourceKind;
 pub use time::Timestamp;

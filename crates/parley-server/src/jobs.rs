@@ -31,6 +31,7 @@ const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 /// Runs due jobs until `shutdown` turns true; a job in progress finishes first.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     while !*shutdown.borrow() {
+        crate::resources::purge_pending(&state).await;
         let now = Timestamp::now();
         match state
             .store

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod keys;
 pub mod migrate;
 pub mod progress;
+pub mod resources;
 pub mod sealed;
 pub mod service;
 pub mod state;

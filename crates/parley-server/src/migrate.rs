@@ -68,13 +68,11 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
     // After the check, so a refused destination gets no key store or master key file; before the
     // copy, so a key store that does not open fails it before any row is written.
     let keys = open_key_stores(&c).await?;
-    let blobs = src_blobs
-        .list_prefix(BlobKey::ROOT)
+    let blobs = stored_blobs(&src_blobs)
         .await
         .context("listing the source's blobs")?;
     let blob_bytes: u64 = blobs.iter().map(|(_, size)| size).sum();
-    let present: HashMap<String, u64> = dst_blobs
-        .list_prefix(BlobKey::ROOT)
+    let present: HashMap<String, u64> = stored_blobs(&dst_blobs)
         .await
         .context("listing the destination's blobs")?
         .into_iter()
@@ -126,10 +124,10 @@ pub async fn migrate_store(c: MigrateConfig) -> anyhow::Result<()> {
     println!("{:<16} {:>10} {opened:>10}", "data keys", found.with_key);
     ensure!(
         opened == found.with_key,
-        "data keys: {opened} of the destination's conversations have their key, of {} in the source",
+        "data keys: {opened} of the destination's conversations and resources have their key, of {} in the source",
         found.with_key
     );
-    let copied = dst_blobs.list_prefix(BlobKey::ROOT).await?;
+    let copied = stored_blobs(&dst_blobs).await?;
     let copied_bytes: u64 = copied.iter().map(|(_, size)| size).sum();
     println!("{:<16} {:>10} {:>10}", "blobs", blobs.len(), copied.len());
     ensure!(
@@ -376,43 +374,60 @@ async fn copy_keys(
     bar: &Progress,
 ) -> anyhow::Result<KeysFound> {
     let mut found = KeysFound::default();
-    let mut after: Option<Row> = None;
-    loop {
-        let rows = src
-            .export_rows(Table::Conversation, after.as_ref(), batch)
-            .await?;
-        let Some(last) = rows.last() else {
-            return Ok(found);
-        };
-        let owners = rows
-            .iter()
-            .map(|row| conversation_of(row).map(KeyOwner::from))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let held = keys
-            .src
-            .get_many(&owners)
-            .await
-            .context("reading the source's keys")?;
-        let mut page = Vec::with_capacity(rows.len());
-        for ((owner, row), key) in owners.into_iter().zip(&rows).zip(held) {
-            match key {
-                Some(key) => page.push(ImportedKey {
-                    owner,
-                    key,
-                    created_at: Timestamp::from_micros(int_of(row, "created_at")?),
-                }),
-                None => found.without_key += 1,
-            }
-        }
-        found.with_key += page.len() as u64;
-        if let Some(dst) = &keys.dst {
-            found.imported += dst
-                .import(&page)
+    // Conversations, then resources: every row that owns a key.
+    for table in [Table::Conversation, Table::Resource] {
+        let mut after: Option<Row> = None;
+        loop {
+            let rows = src.export_rows(table, after.as_ref(), batch).await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            let owners = rows
+                .iter()
+                .map(|row| owner_of(table, row))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let held = keys
+                .src
+                .get_many(&owners)
                 .await
-                .context("copying data keys into the destination's key store")?;
+                .context("reading the source's keys")?;
+            let mut page = Vec::with_capacity(rows.len());
+            for ((owner, row), key) in owners.into_iter().zip(&rows).zip(held) {
+                match key {
+                    Some(key) => page.push(ImportedKey {
+                        owner,
+                        key,
+                        created_at: Timestamp::from_micros(int_of(table, row, "created_at")?),
+                    }),
+                    None => found.without_key += 1,
+                }
+            }
+            found.with_key += page.len() as u64;
+            if let Some(dst) = &keys.dst {
+                found.imported += dst
+                    .import(&page)
+                    .await
+                    .context("copying data keys into the destination's key store")?;
+            }
+            if table == Table::Conversation {
+                bar.inc(rows.len() as u64);
+            }
+            after = Some(last.clone());
         }
-        bar.inc(rows.len() as u64);
-        after = Some(last.clone());
+    }
+    Ok(found)
+}
+
+/// Whose key a row of `table` names.
+fn owner_of(table: Table, row: &Row) -> anyhow::Result<KeyOwner> {
+    match table {
+        Table::Conversation => conversation_of(row).map(KeyOwner::from),
+        _ => match column_of(table, row, "row_id") {
+            Value::Text(id) => {
+                KeyOwner::parse(id).map_err(|_| anyhow!("a stored resource row id is malformed: {id:?}"))
+            }
+            other => bail!("a stored resource row id is not text: {other:?}"),
+        },
     }
 }
 
@@ -426,7 +441,7 @@ async fn verify_keys(dst: &dyn ConversationStore, keys: &dyn KeyStore, batch: u3
             .export_rows(Table::Conversation, after.as_ref(), batch)
             .await?;
         let Some(last) = rows.last() else {
-            return Ok(opened);
+            break;
         };
         let ids = rows
             .iter()
@@ -453,15 +468,60 @@ async fn verify_keys(dst: &dyn ConversationStore, keys: &dyn KeyStore, batch: u3
         }
         after = Some(last.clone());
     }
+    Ok(opened + verify_resource_keys(dst, keys, batch).await?)
+}
+
+/// Counts the destination's resources whose key its key store holds, opening each one's body
+/// with that key.
+async fn verify_resource_keys(
+    dst: &dyn ConversationStore,
+    keys: &dyn KeyStore,
+    batch: u32,
+) -> anyhow::Result<u64> {
+    let mut opened = 0;
+    let mut after: Option<Row> = None;
+    loop {
+        let rows = dst.export_rows(Table::Resource, after.as_ref(), batch).await?;
+        let Some(last) = rows.last() else {
+            return Ok(opened);
+        };
+        let owners = rows
+            .iter()
+            .map(|row| owner_of(Table::Resource, row))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let held = keys
+            .get_many(&owners)
+            .await
+            .context("reading the destination's keys")?;
+        for (owner, key) in owners.iter().zip(held) {
+            let Some(key) = key else { continue };
+            let Some(resource) = dst.load_resource(owner.as_str()).await? else {
+                continue;
+            };
+            let body = sealed::resource::open(Some(&key.key), owner, resource).body;
+            ensure!(
+                body != sealed::resource::UNAVAILABLE,
+                "resource {owner}: its content does not open under its key {} in the destination's key store",
+                key.key_id
+            );
+            opened += 1;
+        }
+        after = Some(last.clone());
+    }
 }
 
 /// A value of a conversation row.
 fn column<'r>(row: &'r Row, name: &str) -> &'r Value {
-    let at = Table::Conversation
+    column_of(Table::Conversation, row, name)
+}
+
+/// A value of a row of `table`.
+fn column_of<'r>(table: Table, row: &'r Row, name: &str) -> &'r Value {
+    let at = table
         .columns()
         .iter()
         .position(|(column, _)| *column == name)
-        .expect("a column of the conversation table");
+        .expect("a column of the table, named by us");
     &row[at]
 }
 
@@ -474,10 +534,10 @@ fn conversation_of(row: &Row) -> anyhow::Result<ConversationId> {
     }
 }
 
-fn int_of(row: &Row, name: &str) -> anyhow::Result<i64> {
-    match column(row, name) {
+fn int_of(table: Table, row: &Row, name: &str) -> anyhow::Result<i64> {
+    match column_of(table, row, name) {
         Value::Int(n) => Ok(*n),
-        other => bail!("conversation.{name} is not an integer: {other:?}"),
+        other => bail!("{}.{name} is not an integer: {other:?}", table.name()),
     }
 }
 
@@ -538,6 +598,13 @@ async fn copy_table(
         bar.inc(rows.len() as u64);
         after = Some(last.clone());
     }
+}
+
+/// Every blob parley keeps: conversations' and resources'.
+async fn stored_blobs(blobs: &Blobs) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut all = blobs.list_prefix(BlobKey::ROOT).await?;
+    all.extend(blobs.list_prefix(BlobKey::RESOURCE_ROOT).await?);
+    Ok(all)
 }
 
 async fn copy_blobs(

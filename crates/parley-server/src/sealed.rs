@@ -11,16 +11,18 @@
 //! today's key store) reads with its content unavailable: content fields empty, content events
 //! left out, deliveries given up. Never garbage and never an error. See `docs/KEYS.md`.
 
+pub mod resource;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parley_domain::{Conversation, ConversationId, Event, KeyOwner, Status, Timestamp};
+use parley_domain::{Conversation, ConversationId, Event, KeyOwner, ResourceKind, Status, Timestamp};
 use parley_keys::{ConversationKey, DataKey, KeyError, KeyStore, content_aad};
 use parley_store::{
     Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
     DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
-    ParticipantOutcome, Resealed, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
+    ParticipantOutcome, Resealed, Resource, SoftDeleteOutcome, StoreError, StoreResult, StoredEvent,
     UnsealedConversation, table,
 };
 use serde_json::Value;
@@ -111,6 +113,34 @@ impl SealedStore {
             .record_key_destroyed(id, None, Some(Timestamp::now()))
             .await?;
         Ok(())
+    }
+
+    /// A resource's data key, if it still has one.
+    pub async fn resource_key(&self, row_id: &str) -> StoreResult<Option<ConversationKey>> {
+        self.keys.get(&resource::owner(row_id)?).await.map_err(key_error)
+    }
+
+    /// Destroys a hard-deleted resource's data key. Idempotent: the purge calls it again after a crash.
+    pub async fn shred_resource(&self, row_id: &str) -> StoreResult<()> {
+        self.keys
+            .destroy(&resource::owner(row_id)?)
+            .await
+            .map_err(key_error)?;
+        Ok(())
+    }
+
+    /// Resources with their bodies opened, their keys fetched in one round.
+    async fn open_resources(&self, rows: Vec<Resource>) -> StoreResult<Vec<Resource>> {
+        let owners = rows
+            .iter()
+            .map(|r| resource::owner(&r.row_id))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let keys = self.keys.get_many(&owners).await.map_err(key_error)?;
+        Ok(rows
+            .into_iter()
+            .zip(owners.iter().zip(keys))
+            .map(|(r, (owner, key))| resource::open(key.as_ref().map(|k| &k.key), owner, r))
+            .collect())
     }
 
     /// The conversation with its content fields sealed under `key`.
@@ -651,6 +681,106 @@ impl ConversationStore for SealedStore {
 
     async fn import_rows(&self, table: table::Table, rows: &[table::Row]) -> StoreResult<()> {
         self.inner.import_rows(table, rows).await
+    }
+
+    async fn create_resource(&self, r: &Resource) -> StoreResult<()> {
+        let owner = resource::owner(&r.row_id)?;
+        let key = match self.keys.create(&owner, r.created_at).await {
+            Ok(key) => key,
+            Err(KeyError::AlreadyExists(id)) => {
+                return Err(StoreError::Conflict(format!("data key of {id}")));
+            }
+            Err(e) => return Err(key_error(e)),
+        };
+        let sealed = resource::seal(&key.key, &owner, r);
+        drop(key);
+        let created = self.inner.create_resource(&sealed).await;
+        if created.is_err() {
+            // The key is this row's alone; a failure to destroy it leaves an orphan `parley verify` finds.
+            if let Err(e) = self.keys.destroy(&owner).await {
+                tracing::warn!(resource.row_id = %owner, error = %e, "destroying the key of a failed create failed");
+            }
+        }
+        created
+    }
+
+    async fn get_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> StoreResult<Option<Resource>> {
+        match self.inner.get_resource(account, kind, id).await? {
+            Some(r) => Ok(Some(self.open_resources(vec![r]).await?.remove(0))),
+            None => Ok(None),
+        }
+    }
+
+    async fn load_resource(&self, row_id: &str) -> StoreResult<Option<Resource>> {
+        match self.inner.load_resource(row_id).await? {
+            Some(r) => Ok(Some(self.open_resources(vec![r]).await?.remove(0))),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<Resource>, u64)> {
+        let (rows, total) = self.inner.list_resources(account, kind, limit, offset).await?;
+        Ok((self.open_resources(rows).await?, total))
+    }
+
+    async fn update_resource(&self, r: &Resource) -> StoreResult<bool> {
+        let owner = resource::owner(&r.row_id)?;
+        // Without its key the resource's content is unavailable, and stays so: nothing to write.
+        let Some(key) = self.keys.get(&owner).await.map_err(key_error)? else {
+            return Ok(false);
+        };
+        let sealed = resource::seal(&key.key, &owner, r);
+        drop(key);
+        self.inner.update_resource(&sealed).await
+    }
+
+    async fn soft_delete_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        self.inner.soft_delete_resource(account, kind, id, now).await
+    }
+
+    async fn hard_delete_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<String>> {
+        self.inner.hard_delete_resource(account, kind, id, now).await
+    }
+
+    async fn claim_resource_work(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Resource>> {
+        let claimed = self.inner.claim_resource_work(now, lease_until, limit).await?;
+        self.open_resources(claimed).await
+    }
+
+    async fn pending_resource_purges(&self, limit: u32) -> StoreResult<Vec<String>> {
+        self.inner.pending_resource_purges(limit).await
+    }
+
+    async fn finish_resource_purge(&self, row_id: &str) -> StoreResult<()> {
+        self.inner.finish_resource_purge(row_id).await
     }
 
     async fn close(&self) {

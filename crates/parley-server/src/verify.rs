@@ -8,7 +8,7 @@
 //! on its own before it is reported, so a conversation made or erased during the scan of a live
 //! shared store is not reported as damage. The README (`parley verify`) lists the findings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -720,9 +720,28 @@ async fn findings(o: &Opened, s: &Scan, grace: Duration) -> anyhow::Result<Vec<F
         );
     }
 
+    // A resource's key belongs to its row; a hard-deleted resource's, to its purge until the job
+    // runner finishes it.
+    let purging: HashSet<String> = o
+        .inner
+        .pending_resource_purges(u32::MAX)
+        .await
+        .context("listing resource purges")?
+        .into_iter()
+        .collect();
     for info in &s.other_keys {
         // Destroyed since the list was read: nothing to report.
         if o.keys.get(&info.owner).await.map_err(key_error)?.is_none() {
+            continue;
+        }
+        let owner = info.owner.as_str();
+        if purging.contains(owner)
+            || o.inner
+                .load_resource(owner)
+                .await
+                .context("reading a resource")?
+                .is_some()
+        {
             continue;
         }
         let kind = if o.shared_keys && info.created_at > grace_from {

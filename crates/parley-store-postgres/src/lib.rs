@@ -6,19 +6,23 @@
 //! claimed with `FOR UPDATE SKIP LOCKED` under a lease, so each runs once and a dead process's
 //! lease simply expires.
 
+mod resource;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parley_domain::{Conversation, ConversationId, Event, ShutdownReason, Status, Timestamp, random_id};
+use parley_domain::{
+    Conversation, ConversationId, Event, ResourceKind, ShutdownReason, Status, Timestamp, random_id,
+};
 use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
     Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
     DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
-    ParticipantOutcome, RawDelivery, RawEvent, Resealed, SoftDeleteOutcome, StoreError, StoreResult,
-    StoredEvent, UnsealedConversation,
+    ParticipantOutcome, RawDelivery, RawEvent, Resealed, Resource, SoftDeleteOutcome, StoreError,
+    StoreResult, StoredEvent, UnsealedConversation,
 };
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
@@ -1398,7 +1402,11 @@ impl ConversationStore for PostgresStore {
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
-        Ok(jobs.rows_affected() + deliveries.rows_affected())
+        let resources = sqlx::query("UPDATE resource SET locked_until = NULL WHERE locked_until IS NOT NULL")
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(jobs.rows_affected() + deliveries.rows_affected() + resources.rows_affected())
     }
 
     async fn complete_job(&self, job: &Job) -> StoreResult<()> {
@@ -1733,6 +1741,74 @@ impl ConversationStore for PostgresStore {
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
+    }
+
+    async fn create_resource(&self, resource: &Resource) -> StoreResult<()> {
+        resource::create(&self.pool, resource).await
+    }
+
+    async fn get_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> StoreResult<Option<Resource>> {
+        resource::get(&self.pool, account, kind, id).await
+    }
+
+    async fn load_resource(&self, row_id: &str) -> StoreResult<Option<Resource>> {
+        resource::load(&self.pool, row_id).await
+    }
+
+    async fn list_resources(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<Resource>, u64)> {
+        resource::list(&self.pool, account, kind, limit, offset).await
+    }
+
+    async fn update_resource(&self, resource: &Resource) -> StoreResult<bool> {
+        resource::update(&self.pool, resource).await
+    }
+
+    async fn soft_delete_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        resource::soft_delete(&self.pool, account, kind, id, now).await
+    }
+
+    async fn hard_delete_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<String>> {
+        resource::hard_delete(&self.pool, account, kind, id, now).await
+    }
+
+    async fn claim_resource_work(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Resource>> {
+        resource::claim_work(&self.pool, now, lease_until, limit).await
+    }
+
+    async fn pending_resource_purges(&self, limit: u32) -> StoreResult<Vec<String>> {
+        resource::pending_purges(&self.pool, limit).await
+    }
+
+    async fn finish_resource_purge(&self, row_id: &str) -> StoreResult<()> {
+        resource::finish_purge(&self.pool, row_id).await
     }
 
     async fn close(&self) {

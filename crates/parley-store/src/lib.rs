@@ -1,11 +1,14 @@
 //! The storage boundary: the `ConversationStore` trait every backend implements, and its errors.
 
+pub mod resource;
 pub mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use async_trait::async_trait;
-use parley_domain::{Conversation, ConversationId, Event, Timestamp};
+use parley_domain::{Conversation, ConversationId, Event, ResourceKind, Timestamp};
+
+pub use resource::Resource;
 
 /// What can go wrong in a store, in terms the services can act on.
 #[derive(Debug, thiserror::Error)]
@@ -631,6 +634,64 @@ pub trait ConversationStore: Send + Sync + 'static {
     ///
     /// A row whose key is already there is skipped, so a copy that stopped half way can simply run again.
     async fn import_rows(&self, table: table::Table, rows: &[table::Row]) -> StoreResult<()>;
+
+    // --- personas, replicas, documents, guardrails, objectives ---
+
+    /// Stores a new resource. `Conflict` when the account already has one of that kind and
+    /// wire id (soft-deleted ones included).
+    async fn create_resource(&self, resource: &Resource) -> StoreResult<()>;
+    /// The account's resource of that kind and wire id, unless soft-deleted.
+    async fn get_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+    ) -> StoreResult<Option<Resource>>;
+    /// A resource by row id, in any state: for background work.
+    async fn load_resource(&self, row_id: &str) -> StoreResult<Option<Resource>>;
+    /// A page of the account's resources of a kind, newest first, soft-deleted ones left out,
+    /// and how many there are in all (from the same snapshot).
+    async fn list_resources(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        limit: u32,
+        offset: u64,
+    ) -> StoreResult<(Vec<Resource>, u64)>;
+    /// Writes `resource`'s status, body, blob key, `updated_at`, work time, lease and attempts,
+    /// if its row is still at `resource.version` and not soft-deleted; the version moves on by
+    /// one. False, writing nothing, when another write came first or the row is gone.
+    async fn update_resource(&self, resource: &Resource) -> StoreResult<bool>;
+    /// Hides the account's resource; true when this call hid it.
+    async fn soft_delete_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+    /// Removes the account's resource (soft-deleted or not) and records a purge of its key and
+    /// blobs in the same transaction, so the purge happens even if the process dies next.
+    /// Returns the row id, or `None` when there was no such resource.
+    async fn hard_delete_resource(
+        &self,
+        account: &str,
+        kind: ResourceKind,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<String>>;
+    /// Up to `limit` resources whose work is due by `now` and not leased, leased until
+    /// `lease_until` (each claim moves the version on, so a stale holder can no longer write).
+    async fn claim_resource_work(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Resource>>;
+    /// Row ids of hard-deleted resources whose purge has not finished, oldest first.
+    async fn pending_resource_purges(&self, limit: u32) -> StoreResult<Vec<String>>;
+    /// Forgets a finished purge.
+    async fn finish_resource_purge(&self, row_id: &str) -> StoreResult<()>;
 
     /// Releases connections.
     async fn close(&self);

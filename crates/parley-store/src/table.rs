@@ -20,13 +20,15 @@ pub enum Table {
     Delivery,
     ErasureReceipt,
     Job,
+    Resource,
+    ResourcePurge,
 }
 
 use Kind::{Bool, Int, Text};
 
 impl Table {
     /// Every table, referenced ones first.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 11] = [
         Table::Account,
         Table::ApiKey,
         Table::Conversation,
@@ -36,6 +38,8 @@ impl Table {
         Table::Delivery,
         Table::ErasureReceipt,
         Table::Job,
+        Table::Resource,
+        Table::ResourcePurge,
     ];
 
     /// The table's name, the same in every backend.
@@ -50,6 +54,8 @@ impl Table {
             Table::Delivery => "delivery",
             Table::ErasureReceipt => "erasure_receipt",
             Table::Job => "job",
+            Table::Resource => "resource",
+            Table::ResourcePurge => "resource_purge",
         }
     }
 
@@ -65,6 +71,8 @@ impl Table {
             Table::Delivery => &["delivery_seq"],
             Table::ErasureReceipt => &["conversation_id"],
             Table::Job => &["job_id"],
+            Table::Resource => &["row_id"],
+            Table::ResourcePurge => &["row_id"],
         }
     }
 
@@ -199,6 +207,23 @@ impl Table {
                 ("last_error", Text),
                 ("created_at", Int),
             ],
+            Table::Resource => &[
+                ("row_id", Text),
+                ("account_id", Text),
+                ("kind", Text),
+                ("resource_id", Text),
+                ("status", Text),
+                ("body", Text),
+                ("version", Int),
+                ("blob_key", Text),
+                ("created_at", Int),
+                ("updated_at", Int),
+                ("deleted_at", Int),
+                ("work_at", Int),
+                ("locked_until", Int),
+                ("attempts", Int),
+            ],
+            Table::ResourcePurge => &[("row_id", Text), ("account_id", Text), ("created_at", Int)],
         }
     }
 

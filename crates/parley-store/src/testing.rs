@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod job;
 pub mod receipt;
 pub mod reseal;
+pub mod resource;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -87,6 +88,12 @@ macro_rules! store_contract {
             reseal::resealing_rewrites_every_content_row_of_a_conversation_at_once,
             reseal::a_reseal_naming_another_conversations_row_changes_nothing,
             reseal::compacting_keeps_every_row,
+            resource::a_created_resource_reads_back_exactly_and_its_id_is_unique_per_account_and_kind,
+            resource::resources_are_listed_newest_first_a_page_at_a_time_with_their_total,
+            resource::an_update_writes_only_over_the_version_it_read,
+            resource::a_soft_deleted_resource_is_hidden_kept_and_keeps_its_id,
+            resource::a_hard_delete_removes_the_row_and_leaves_its_purge_until_finished,
+            resource::due_resource_work_is_claimed_once_under_a_lease,
         );
     };
     (@each $fresh:expr; $($module:ident :: $name:ident),+ $(,)?) => {

@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 
-use parley_domain::{ConversationId, Event};
+use parley_domain::{ConversationId, Event, ResourceKind};
 
+use super::resource::{resource, seed_resources};
 use super::{
     T0, TestStore, at, conversation, ended_call, finish, recording, seed, usual_jobs, with_callback,
 };
@@ -88,6 +89,30 @@ async fn populate(store: &dyn ConversationStore) -> Vec<(JobKind, ConversationId
         .fail_job(&claimed[0], "transcriber down", at(90))
         .await
         .expect("fail");
+
+    // Resources: live, soft-deleted, with work under a lease, and one hard-deleted (its purge).
+    let mut fetching = resource("acme", ResourceKind::Document, "d0000001", at(91));
+    fetching.work_at = Some(at(92));
+    fetching.blob_key = Some(format!("resources/{}/content", fetching.row_id));
+    let persona = resource("acme", ResourceKind::Persona, "p0000001", at(93));
+    let retired = resource("acme", ResourceKind::Replica, "r0000001", at(94));
+    let dropped = resource("other", ResourceKind::Guardrail, "g0000001", at(95));
+    seed_resources(store, &[&fetching, &persona, &retired, &dropped]).await;
+    store
+        .claim_resource_work(at(96), at(4000), 1)
+        .await
+        .expect("claim");
+    let k = ResourceKind::Replica;
+    assert!(
+        store
+            .soft_delete_resource("acme", k, "r0000001", at(97))
+            .await
+            .expect("soft delete")
+    );
+    let purged = store
+        .hard_delete_resource("other", ResourceKind::Guardrail, "g0000001", at(98))
+        .await;
+    assert_eq!(purged.expect("hard delete"), Some(dropped.row_id));
 
     let mut jobs = vec![
         (JobKind::Finalize, done.id),
