@@ -6,6 +6,7 @@ pub mod cors;
 pub mod error;
 pub mod query;
 pub mod request;
+pub mod resource;
 pub mod room;
 
 use axum::Router;
@@ -58,7 +59,8 @@ pub fn router(state: AppState) -> Router {
     let api = plumbing(api, &state)
         .layer(cors::layer(&state.settings.cors))
         .layer(from_fn(cors::preflight_no_content));
-    api.merge(plumbing(rooms, &state))
+    let app = api
+        .merge(plumbing(rooms, &state))
         // One line per request, when its response is ready: method, path, status, latency.
         .layer(
             TraceLayer::new_for_http()
@@ -72,7 +74,28 @@ pub fn router(state: AppState) -> Router {
                 // A 5xx is already logged with its cause by `ApiError`.
                 .on_failure(()),
         )
-        .with_state(state)
+        .with_state(state);
+    // Outside the routes, so the path is trimmed before it is routed.
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::map_request(trim_trailing_slash))
+}
+
+/// `/v2/guardrails/` is `/v2/guardrails`: the official client sends some paths with a trailing
+/// slash and others without, and the hosted API answers both.
+async fn trim_trailing_slash(mut req: axum::extract::Request) -> axum::extract::Request {
+    let path = req.uri().path();
+    if path.len() > "/v2/".len() && path.starts_with("/v2/") && path.ends_with('/') {
+        let trimmed = path.trim_end_matches('/');
+        let rebuilt = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(uri) = rebuilt.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
 }
 
 /// The layers every request passes through; `Router::layer` wraps each route on its own, so the

@@ -31,8 +31,43 @@ pub enum ApiError {
     /// A write failed, or would be refused, for lack of disk space.
     #[error("storage unavailable: {}", parley_store::DISK_FULL)]
     DiskFull,
+    /// Any other status with its documented body: `{"error": text}`, or `{"message": text}`
+    /// where the hosted API answers that way (a document's 404, a persona patch's 422, …).
+    #[error("{text}")]
+    Wire {
+        status: StatusCode,
+        body_key: BodyKey,
+        text: String,
+    },
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
+}
+
+/// Which key a [`ApiError::Wire`] body puts its text under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKey {
+    Error,
+    Message,
+}
+
+impl ApiError {
+    /// `status` with `{"error": text}`.
+    pub fn error(status: StatusCode, text: impl Into<String>) -> Self {
+        Self::Wire {
+            status,
+            body_key: BodyKey::Error,
+            text: text.into(),
+        }
+    }
+
+    /// `status` with `{"message": text}`.
+    pub fn message(status: StatusCode, text: impl Into<String>) -> Self {
+        Self::Wire {
+            status,
+            body_key: BodyKey::Message,
+            text: text.into(),
+        }
+    }
 }
 
 /// Marks a response that ran into a full disk, so the server remembers it (see `http::router`).
@@ -51,6 +86,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) | Self::DiskFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Wire { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +125,11 @@ impl IntoResponse for ApiError {
         let body = match &self {
             // The hosted API uses `message` for these two and `error` for everything else.
             Self::Unauthorized | Self::ConcurrencyLimit => json!({ "message": self.to_string() }),
+            Self::Wire {
+                body_key: BodyKey::Message,
+                text,
+                ..
+            } => json!({ "message": text }),
             Self::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 json!({ "error": "Internal server error" })
