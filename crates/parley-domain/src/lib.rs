@@ -10,6 +10,8 @@ pub mod registry;
 pub mod replica;
 pub mod resource;
 pub mod time;
+pub mod training;
+pub mod voice;
 
 pub use conversation::{Conversation, ShutdownReason, Status};
 pub use create::{CreateConversation, Limits, NewConversation, Transport, ValidationError};

@@ -7,6 +7,8 @@ pub struct Replica {
     pub id: &'static str,
     /// Display name.
     pub name: &'static str,
+    /// The Phoenix model it was trained on (`model_name` on the wire).
+    pub model_name: &'static str,
 }
 
 /// A persona (PAL): the behaviour of the replica in a call.
@@ -31,30 +33,37 @@ pub const REPLICAS: &[Replica] = &[
     Replica {
         id: "rfe12d8b9597",
         name: "Nathan",
+        model_name: "phoenix-3",
     },
     Replica {
         id: "re8e740a42",
         name: "Nathan",
+        model_name: "phoenix-2",
     },
     Replica {
         id: "r90bbd427f71",
         name: "Anna",
+        model_name: "phoenix-3",
     },
     Replica {
         id: "rf4e9d9790f0",
         name: "Anna",
+        model_name: "phoenix-3",
     },
     Replica {
         id: "r5dc7c7d0bcb",
         name: "Stock replica",
+        model_name: "phoenix-4",
     },
     Replica {
         id: "r79e1c033f",
         name: "Stock replica",
+        model_name: "phoenix-2",
     },
     Replica {
         id: "r4067604db72",
         name: "Lucy - Home",
+        model_name: "phoenix-4.5",
     },
 ];
 
