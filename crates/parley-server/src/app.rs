@@ -310,6 +310,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             max_call_duration_cap: config.max_call_duration_cap,
         },
         replica_join_delay: config.replica_join_delay,
+        replica_training_time: config.replica_training_time,
         max_recording_secs: config.max_recording_secs,
         max_body_bytes: config.max_body_bytes,
         cors: config.cors_allowed_origins.clone(),

@@ -405,6 +405,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_REPLICA_JOIN_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub replica_join_delay: Duration,
 
+    /// How long a created replica's simulated training takes: `started` until then, with
+    /// `training_progress` growing linearly, then `completed`.
+    #[arg(long, env = "PARLEY_REPLICA_TRAINING_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub replica_training_time: Duration,
+
     /// Longest simulated recording, in seconds (a call's recording is as long as the call, up to this).
     #[arg(long, env = "PARLEY_MAX_RECORDING_SECS", default_value_t = 300)]
     pub max_recording_secs: u32,
@@ -470,7 +475,7 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// Defaults for tests: port 0, the given data dir and key folder, an immediate replica join,
-    /// fast polling.
+    /// replicas trained at once, fast polling.
     pub fn for_tests(data_dir: PathBuf, key_dir: &std::path::Path) -> Self {
         Self {
             keys: KeyConfig::in_dir(key_dir),
@@ -489,6 +494,7 @@ impl ServeConfig {
             soft_delete_retention: Duration::from_secs(30 * 24 * 3600),
             max_call_duration_cap: 3600,
             replica_join_delay: Duration::ZERO,
+            replica_training_time: Duration::ZERO,
             max_recording_secs: 300,
             max_body_bytes: 1 << 20,
             cors_allowed_origins: AllowedOrigins::Any,

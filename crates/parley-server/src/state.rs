@@ -23,6 +23,8 @@ pub struct Settings {
     pub retention: Duration,
     pub limits: Limits,
     pub replica_join_delay: Duration,
+    /// How long a created replica's simulated training takes.
+    pub replica_training_time: Duration,
     pub max_recording_secs: u32,
     pub max_body_bytes: usize,
     /// Origins whose pages may read API responses.
