@@ -5,6 +5,7 @@ pub mod conversation;
 pub mod cors;
 pub mod error;
 pub mod query;
+pub mod replica;
 pub mod request;
 pub mod resource;
 pub mod room;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
             "/v2/conversations/{conversation_id}/recording",
             get(conversation::get_recording),
         )
+        .merge(replica::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))
