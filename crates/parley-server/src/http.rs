@@ -9,6 +9,7 @@ pub mod replica;
 pub mod request;
 pub mod resource;
 pub mod room;
+pub mod voice;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
             get(conversation::get_recording),
         )
         .merge(replica::routes())
+        .route("/v2/voices", get(voice::list_voices))
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))
