@@ -18,6 +18,7 @@ mod multiprocess;
 mod old_copy;
 #[cfg(feature = "e2e")]
 mod outage;
+mod replicas;
 mod room;
 mod rotation;
 mod routing;

@@ -471,7 +471,7 @@ impl TestDb {
 }
 
 /// Every table of the content store.
-const CONTENT_TABLES: [&str; 9] = [
+const CONTENT_TABLES: [&str; 11] = [
     "account",
     "api_key",
     "conversation",
@@ -481,6 +481,8 @@ const CONTENT_TABLES: [&str; 9] = [
     "delivery",
     "erasure_receipt",
     "job",
+    "resource",
+    "resource_purge",
 ];
 
 /// A server running in this test process.
