@@ -162,9 +162,21 @@ impl Shown {
     }
 }
 
-/// The path's id; an undecodable one is an invalid id like any other.
+/// The path's id: `r` and 6 to 32 lowercase hex digits, the form of every stock and drawn id.
+/// Anything else (undecodable, a NUL byte, which PostgreSQL text cannot hold) is an invalid id
+/// like any other and never reaches the store.
 fn path_id(path: Result<Path<String>, PathRejection>, view: View) -> ApiResult<String> {
-    path.map(|Path(id)| id).map_err(|_| view.invalid_id())
+    let Path(id) = path.map_err(|_| view.invalid_id())?;
+    let hex = id.strip_prefix('r').unwrap_or_default();
+    let well_formed = (6..=32).contains(&hex.len())
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if well_formed {
+        Ok(id)
+    } else {
+        Err(view.invalid_id())
+    }
 }
 
 /// The body, with the size limit reported as 413 and other read failures as 400.

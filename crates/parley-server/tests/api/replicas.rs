@@ -648,7 +648,17 @@ async fn bad_creates_and_unknown_ids_are_400s_that_store_nothing() {
         "{out}"
     );
 
-    for id in ["rdeadbeef0000", "nope", "%00", "r%2Fx", "r90bbd427f7"] {
+    let long = format!("r{}", "0".repeat(10_000));
+    for id in [
+        "rdeadbeef0000",
+        "nope",
+        "%00",
+        "r%00",
+        "r%2Fx",
+        "RDEADBEEF00",
+        "r90bbd427f7",
+        &long,
+    ] {
         for (method, view) in [
             (Method::GET, "replicas"),
             (Method::DELETE, "replicas"),
