@@ -86,6 +86,12 @@ pub async fn create(state: &AppState, account: &str, new: NewResource) -> Result
         .await?;
     let now = Timestamp::now();
     let pinned = new.id.is_some();
+    if new.id.as_deref().is_some_and(|id| !storable(id)) {
+        return Err(ServiceError::Validation(parley_domain::ValidationError(format!(
+            "Invalid {}_id",
+            new.kind.as_str()
+        ))));
+    }
     let mut row = Resource {
         row_id: random_id(parley_domain::resource::ROW_ID_PREFIX, random_bytes()),
         account: account.to_owned(),
@@ -117,8 +123,17 @@ pub async fn create(state: &AppState, account: &str, new: NewResource) -> Result
     Ok(Opened::of(row))
 }
 
+/// Whether `id` can be a stored wire id at all. Anything else names no resource, and never
+/// reaches the store: PostgreSQL refuses a NUL in text, which would otherwise be a 500.
+fn storable(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
+}
+
 /// The account's resource, unless deleted.
 pub async fn get(state: &AppState, account: &str, kind: ResourceKind, id: &str) -> Result<Option<Opened>> {
+    if !storable(id) {
+        return Ok(None);
+    }
     Ok(state.store.get_resource(account, kind, id).await?.map(Opened::of))
 }
 
@@ -179,6 +194,9 @@ pub async fn delete(
     id: &str,
     hard: bool,
 ) -> Result<bool> {
+    if !storable(id) {
+        return Ok(false);
+    }
     let now = Timestamp::now();
     if !hard {
         return Ok(state.store.soft_delete_resource(account, kind, id, now).await?);
