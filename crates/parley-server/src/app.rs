@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{BlobConfig, Database, KeyConfig, KeyStoreLocation, ServeConfig, StoreConfig};
 use crate::disk::Disk;
+use crate::document::DocumentSettings;
 use crate::sealed::SealedStore;
 use crate::state::{AppState, Settings};
 use crate::upgrade::{self, SealInPlace};
@@ -325,6 +326,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             deny_private: config.webhook_deny_private,
         },
         unjoinable_replicas: config.unjoinable_replicas.clone(),
+        documents: DocumentSettings {
+            max_bytes: config.document_max_bytes,
+            fetch_timeout: config.document_fetch_timeout,
+        },
     };
     let state = AppState::new(store, blobs, settings, disk);
     let (stop, stopped) = watch::channel(false);

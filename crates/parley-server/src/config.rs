@@ -459,6 +459,14 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_UNJOINABLE_REPLICAS", value_delimiter = ',')]
     pub unjoinable_replicas: Vec<String>,
 
+    /// Largest document parley fetches, in bytes; a larger one ends in `error` (`file_size_too_large`).
+    #[arg(long, env = "PARLEY_DOCUMENT_MAX_BYTES", default_value_t = 50 << 20)]
+    pub document_max_bytes: u64,
+
+    /// How long one fetch of a document's URL may take; keep it below `--job-lease`.
+    #[arg(long, env = "PARLEY_DOCUMENT_FETCH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub document_fetch_timeout: Duration,
+
     /// Bytes kept in reserve beside an embedded database, given up when the disk fills so deletes
     /// and ends still work; 0 turns the reserve off.
     #[arg(long, env = "PARLEY_DISK_RESERVE_BYTES", default_value_t = 64 << 20)]
@@ -507,6 +515,8 @@ impl ServeConfig {
             webhook_max_in_flight: 32,
             webhook_deny_private: false,
             unjoinable_replicas: Vec::new(),
+            document_max_bytes: 50 << 20,
+            document_fetch_timeout: Duration::from_secs(10),
             // Small, so every test server keeps one without writing much.
             disk_reserve_bytes: 1 << 20,
             log_format: "text".into(),

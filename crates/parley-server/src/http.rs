@@ -3,7 +3,9 @@
 pub mod auth;
 pub mod conversation;
 pub mod cors;
+pub mod document;
 pub mod error;
+pub mod listing;
 pub mod query;
 pub mod replica;
 pub mod request;
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(replica::routes())
         .route("/v2/voices", get(voice::list_voices))
+        .merge(document::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))

@@ -30,8 +30,10 @@ const DISK_FULL_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs due jobs until `shutdown` turns true; a job in progress finishes first.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut resource_work = crate::work::Runner::default();
     while !*shutdown.borrow() {
         crate::resources::purge_pending(&state).await;
+        resource_work.claim_due(&state).await;
         let now = Timestamp::now();
         match state
             .store
@@ -54,6 +56,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {}
         }
     }
+    resource_work.stop().await;
 }
 
 /// The lease for a job that the caller creates and runs at once, if this process runs jobs.

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod disk;
+pub mod document;
 pub mod http;
 pub mod jobs;
 pub mod keys;
@@ -19,6 +20,7 @@ pub mod state;
 pub mod upgrade;
 pub mod verify;
 pub mod webhook;
+pub mod work;
 
 pub use app::{Server, start};
 pub use config::ServeConfig;

@@ -10,6 +10,7 @@ use parley_store::Account;
 use tokio::sync::Notify;
 
 use crate::disk::Disk;
+use crate::document::DocumentSettings;
 use crate::http::cors::AllowedOrigins;
 use crate::sealed::SealedStore;
 use crate::webhook::WebhookSettings;
@@ -36,6 +37,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Replicas the simulated replica cannot join with.
     pub unjoinable_replicas: Vec<String>,
+    pub documents: DocumentSettings,
 }
 
 impl Settings {

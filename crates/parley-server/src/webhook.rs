@@ -203,18 +203,41 @@ fn describe(e: reqwest::Error) -> String {
 /// Refuses URLs whose host resolves to an address a shared deployment must not reach.
 pub async fn check_public(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-    let host = parsed.host_str().ok_or("URL has no host")?;
-    let port = parsed.port_or_known_default().unwrap_or(80);
+    public_addrs(&parsed).await.map(drop).map_err(|e| e.to_string())
+}
+
+/// Why a URL's host may not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPublic {
+    /// No host, or one that resolves to a loopback, private or link-local address.
+    #[error("{0}")]
+    Refused(String),
+    /// The name did not resolve (perhaps only for now).
+    #[error("{0}")]
+    Unresolved(String),
+}
+
+/// The addresses `url`'s host resolves to, all of them public; a caller connects to these and
+/// no others, so a second lookup cannot answer differently.
+pub async fn public_addrs(url: &url::Url) -> Result<Vec<std::net::SocketAddr>, NotPublic> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| NotPublic::Refused("URL has no host".into()))?;
+    let port = url.port_or_known_default().unwrap_or(80);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs = tokio::net::lookup_host((host, port))
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    for addr in addrs {
+        .map_err(|e| NotPublic::Unresolved(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    for addr in &addrs {
         if !is_public(addr.ip()) {
-            return Err(format!("{host} resolves to the non-public address {}", addr.ip()));
+            return Err(NotPublic::Refused(format!(
+                "{host} resolves to the non-public address {}",
+                addr.ip()
+            )));
         }
     }
-    Ok(())
+    Ok(addrs)
 }
 
 fn is_public(ip: IpAddr) -> bool {

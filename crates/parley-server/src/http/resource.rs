@@ -45,6 +45,20 @@ pub fn object_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
+/// A request body's bytes, with the size limit reported as 413 and other read failures as 400.
+pub fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("Could not read the request body: {e}"))
+        }
+    })
+}
+
 /// Applies an RFC 6902 JSON Patch body to `fields`, all or nothing.
 ///
 /// A body that is not a patch, or a patch that does not apply (a `replace` of a missing field,
