@@ -10,6 +10,7 @@ mod crash;
 mod delete;
 #[cfg(feature = "e2e")]
 mod disk;
+mod documents;
 mod erasure;
 mod lifecycle;
 mod list;
