@@ -5,6 +5,7 @@ pub mod conversation;
 pub mod cors;
 pub mod document;
 pub mod error;
+pub mod guardrail;
 pub mod listing;
 pub mod query;
 pub mod replica;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(replica::routes())
         .route("/v2/voices", get(voice::list_voices))
         .merge(document::routes())
+        .merge(guardrail::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))
