@@ -12,6 +12,7 @@ mod delete;
 mod disk;
 mod documents;
 mod erasure;
+mod guardrails;
 mod lifecycle;
 mod list;
 mod migrate;
