@@ -7,6 +7,7 @@ pub mod document;
 pub mod error;
 pub mod guardrail;
 pub mod listing;
+pub mod objective;
 pub mod query;
 pub mod replica;
 pub mod request;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/voices", get(voice::list_voices))
         .merge(document::routes())
         .merge(guardrail::routes())
+        .merge(objective::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))
