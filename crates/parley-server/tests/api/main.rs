@@ -17,6 +17,7 @@ mod lifecycle;
 mod list;
 mod migrate;
 mod multiprocess;
+mod objectives;
 mod old_copy;
 #[cfg(feature = "e2e")]
 mod outage;
