@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, authentication, request logging and wire-shaped errors.
 
 pub mod auth;
+pub mod catalogue;
 pub mod conversation;
 pub mod cors;
 pub mod document;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(document::routes())
         .merge(guardrail::routes())
         .merge(objective::routes())
+        .merge(catalogue::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod disk;
