@@ -5,6 +5,7 @@
 
 mod auth;
 mod bad_input;
+mod catalogue;
 mod cors;
 mod crash;
 mod delete;
