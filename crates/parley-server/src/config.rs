@@ -423,7 +423,7 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_CORS_ALLOWED_ORIGINS", default_value = "*", value_parser = AllowedOrigins::parse)]
     pub cors_allowed_origins: AllowedOrigins,
 
-    /// Run background jobs (purges, call finalisation, joins, retention) in this process.
+    /// Run background jobs (purges, call finalisation, joins, retention, document fetches) in this process.
     #[arg(long, env = "PARLEY_RUN_JOBS", default_value_t = true, action = ArgAction::Set)]
     pub run_jobs: bool,
 
