@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::registry::{self, Persona, Replica};
+use crate::profile::{PersonaProfile, ReplicaProfile};
+use crate::registry;
 
 /// A request that cannot be accepted; the message is the wire `error` text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +180,45 @@ impl Transport {
 }
 
 impl CreateConversation {
+    /// Parses a JSON body; a wrong type is a 400 naming the field, e.g. `Invalid properties.max_call_duration`.
+    pub fn from_json(body: &[u8]) -> Result<Self, ValidationError> {
+        let body = if body.iter().all(u8::is_ascii_whitespace) {
+            // Every field is optional, so an empty body is an empty object.
+            b"{}".as_slice()
+        } else {
+            body
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| ValidationError(format!("Invalid JSON body: {e}")))?;
+        if !value.is_object() {
+            return Err(ValidationError("Invalid JSON body: expected an object".into()));
+        }
+        // serde would read a struct from an array; the contract wants an object.
+        if value
+            .get("properties")
+            .is_some_and(|p| !p.is_object() && !p.is_null())
+        {
+            return Err(ValidationError::field("properties", "expected an object"));
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde's message carries a position that means nothing for an already-parsed value.
+            let inner = inner.split(" at line ").next().unwrap_or_default().to_owned();
+            ValidationError::field(&path, inner)
+        })
+    }
+
+    /// The persona the request names (`persona_id` or its alias `pal_id`), if any.
+    pub fn persona_choice(&self) -> Result<Option<&str>, ValidationError> {
+        pick_alias(&self.persona_id, &self.pal_id, "persona_id", "pal_id")
+    }
+
+    /// The replica the request names (`replica_id` or its alias `face_id`), if any.
+    pub fn replica_choice(&self) -> Result<Option<&str>, ValidationError> {
+        pick_alias(&self.replica_id, &self.face_id, "replica_id", "face_id")
+    }
+
     /// Every transport the request names, with the field that names it; `Room` alone if none.
     fn transports(&self) -> Vec<(Transport, &'static str)> {
         let props = self.properties.as_ref();
@@ -246,8 +286,8 @@ impl Default for Limits {
 /// A validated create request, with defaults filled in.
 #[derive(Debug, Clone)]
 pub struct NewConversation {
-    pub replica: &'static Replica,
-    pub persona: &'static Persona,
+    pub replica: ReplicaProfile,
+    pub persona: PersonaProfile,
     pub request: CreateConversation,
     pub test_mode: bool,
     pub require_auth: bool,
@@ -259,49 +299,34 @@ pub struct NewConversation {
     pub transport: Transport,
 }
 
+/// The key of a stored request (`request_json`) under which a conversation keeps what it uses of
+/// a persona that is not stock, so its transcript does not depend on the persona staying as it was.
+pub const PERSONA_SNAPSHOT: &str = "persona_snapshot";
+/// The same for a replica that is not stock.
+pub const REPLICA_SNAPSHOT: &str = "replica_snapshot";
+
 impl NewConversation {
-    /// Parses a JSON body; a wrong type is a 400 naming the field, e.g. `Invalid properties.max_call_duration`.
+    /// Parses a JSON body naming stock personas and replicas only (the server also resolves the
+    /// account's own: see [`CreateConversation::from_json`] and [`NewConversation::validate`]).
     pub fn from_json(body: &[u8], limits: Limits) -> Result<Self, ValidationError> {
-        let body = if body.iter().all(u8::is_ascii_whitespace) {
-            // Every field is optional, so an empty body is an empty object.
-            b"{}".as_slice()
-        } else {
-            body
-        };
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| ValidationError(format!("Invalid JSON body: {e}")))?;
-        if !value.is_object() {
-            return Err(ValidationError("Invalid JSON body: expected an object".into()));
-        }
-        // serde would read a struct from an array; the contract wants an object.
-        if value
-            .get("properties")
-            .is_some_and(|p| !p.is_object() && !p.is_null())
-        {
-            return Err(ValidationError::field("properties", "expected an object"));
-        }
-        let request: CreateConversation = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            // serde's message carries a position that means nothing for an already-parsed value.
-            let inner = inner.split(" at line ").next().unwrap_or_default().to_owned();
-            ValidationError::field(&path, inner)
-        })?;
-        Self::validate(request, limits)
+        let request = CreateConversation::from_json(body)?;
+        let persona = request.persona_choice()?.unwrap_or(registry::DEFAULT_PERSONA_ID);
+        let persona =
+            registry::persona(persona).ok_or_else(|| ValidationError("Invalid persona_id".into()))?;
+        let replica = request.replica_choice()?.unwrap_or(persona.default_replica_id);
+        let replica =
+            registry::replica(replica).ok_or_else(|| ValidationError("Invalid replica_id".into()))?;
+        Self::validate(request, limits, persona.into(), replica.into())
     }
 
-    /// Applies the rules the types cannot express.
-    pub fn validate(request: CreateConversation, limits: Limits) -> Result<Self, ValidationError> {
-        let persona_id = pick_alias(&request.persona_id, &request.pal_id, "persona_id", "pal_id")?;
-        let persona = match persona_id {
-            Some(id) => registry::persona(id).ok_or_else(|| ValidationError("Invalid persona_id".into()))?,
-            None => registry::persona(registry::DEFAULT_PERSONA_ID)
-                .expect("the default persona is in the built-in registry"),
-        };
-        let replica_id = pick_alias(&request.replica_id, &request.face_id, "replica_id", "face_id")?;
-        let replica = registry::replica(replica_id.unwrap_or(persona.default_replica_id))
-            .ok_or_else(|| ValidationError("Invalid replica_id".into()))?;
-
+    /// Applies the rules the types cannot express, to a request whose persona and replica are
+    /// already found.
+    pub fn validate(
+        request: CreateConversation,
+        limits: Limits,
+        persona: PersonaProfile,
+        replica: ReplicaProfile,
+    ) -> Result<Self, ValidationError> {
         for (name, value) in [
             ("callback_url", &request.callback_url),
             ("meeting_url", &request.meeting_url),
@@ -348,10 +373,27 @@ impl NewConversation {
         })
     }
 
-    /// The stored form of the request: the known fields, as sent.
+    /// The stored form of the request: the known fields, as sent, and a snapshot of a persona or
+    /// replica that is not stock (stock ones are found again by id).
     pub fn request_json(&self) -> String {
-        serde_json::to_string(&self.request).expect("a struct of strings, numbers and maps serialises")
+        let mut stored =
+            serde_json::to_value(&self.request).expect("a struct of strings, numbers and maps serialises");
+        if let serde_json::Value::Object(fields) = &mut stored {
+            if !self.persona.is_stock() {
+                fields.insert(PERSONA_SNAPSHOT.into(), serde_json::json!(self.persona));
+            }
+            if !self.replica.is_stock() {
+                fields.insert(REPLICA_SNAPSHOT.into(), serde_json::json!(self.replica));
+            }
+        }
+        stored.to_string()
     }
+}
+
+/// A snapshot kept in a stored request under `key`, if there is a readable one.
+pub fn snapshot_of<T: serde::de::DeserializeOwned>(request_json: &str, key: &str) -> Option<T> {
+    let stored: serde_json::Value = serde_json::from_str(request_json).ok()?;
+    serde_json::from_value(stored.get(key)?.clone()).ok()
 }
 
 fn pick_alias<'a>(
@@ -428,7 +470,7 @@ mod tests {
     fn an_empty_body_uses_the_default_persona_and_its_replica() {
         let c = parse("").unwrap();
         assert_eq!(c.persona.id, registry::DEFAULT_PERSONA_ID);
-        assert_eq!(c.replica.id, c.persona.default_replica_id);
+        assert_eq!(Some(&c.replica.id), c.persona.default_replica_id.as_ref());
         assert_eq!(c.max_call_duration, 3600);
         assert_eq!(c.participant_absent_timeout, 300);
         assert_eq!(c.participant_left_timeout, 0);
@@ -492,6 +534,40 @@ mod tests {
     fn unknown_fields_are_ignored_and_not_stored() {
         let c = parse(r#"{"surprise":1,"conversation_name":"x"}"#).unwrap();
         assert_eq!(c.request_json(), r#"{"conversation_name":"x"}"#);
+    }
+
+    #[test]
+    fn a_stored_persona_and_replica_are_kept_with_the_request_and_stock_ones_are_not() {
+        let persona = PersonaProfile {
+            id: "p0123456789abcdef".into(),
+            name: "Own".into(),
+            system_prompt: "Be brief.".into(),
+            context: Some("ctx".into()),
+            greeting: None,
+            default_replica_id: None,
+            perception_model: None,
+        };
+        let replica = ReplicaProfile {
+            id: "r0123456789abcdef".into(),
+            name: "Mine".into(),
+        };
+        let request = CreateConversation::from_json(br#"{"conversation_name":"x"}"#).unwrap();
+        let c =
+            NewConversation::validate(request, Limits::default(), persona.clone(), replica.clone()).unwrap();
+        let stored = c.request_json();
+        assert_eq!(
+            snapshot_of::<PersonaProfile>(&stored, PERSONA_SNAPSHOT),
+            Some(persona)
+        );
+        assert_eq!(
+            snapshot_of::<ReplicaProfile>(&stored, REPLICA_SNAPSHOT),
+            Some(replica)
+        );
+        // The request itself still reads back as it was sent.
+        let again: CreateConversation = serde_json::from_str(&stored).unwrap();
+        assert_eq!(again.conversation_name.as_deref(), Some("x"));
+        let stock = parse(r#"{"conversation_name":"x"}"#).unwrap().request_json();
+        assert_eq!(snapshot_of::<PersonaProfile>(&stock, PERSONA_SNAPSHOT), None);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Persona {
     pub default_replica_id: &'static str,
     /// The perception model, when perception is on for this persona.
     pub perception_model: Option<&'static str>,
+    /// `full`, or `echo` for personas that repeat what the client's own bot says.
+    pub pipeline_mode: &'static str,
 }
 
 /// The stock replicas.
@@ -68,6 +70,9 @@ pub const REPLICAS: &[Replica] = &[
 ];
 
 /// The stock personas; `pdced222244b` is the default when a request names none.
+///
+/// `pipecat0` and `pipecat-stream` are the ids Pipecat's Tavus transport and video service send
+/// by default: echo personas that speak with the Pipecat bot's own voice.
 pub const PERSONAS: &[Persona] = &[
     Persona {
         id: "pdced222244b",
@@ -76,6 +81,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Hi there! I'm your sales coach. What are you pitching today?",
         default_replica_id: "rfe12d8b9597",
         perception_model: None,
+        pipeline_mode: "full",
     },
     Persona {
         id: "p24293d6",
@@ -84,6 +90,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "You're live on the air! What should we spin next?",
         default_replica_id: "re8e740a42",
         perception_model: None,
+        pipeline_mode: "full",
     },
     Persona {
         id: "pcb7a34da5fe",
@@ -92,6 +99,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Thanks for taking the time today. Can you tell me a little about your team?",
         default_replica_id: "rfe12d8b9597",
         perception_model: Some("raven-1"),
+        pipeline_mode: "full",
     },
     Persona {
         id: "pdac61133ac5",
@@ -100,6 +108,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Welcome! Shall we begin with a short introduction?",
         default_replica_id: "r90bbd427f71",
         perception_model: Some("raven-1"),
+        pipeline_mode: "full",
     },
     Persona {
         id: "p1af207b8189",
@@ -108,6 +117,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Ready to practise? I'll play a tough customer.",
         default_replica_id: "rf4e9d9790f0",
         perception_model: None,
+        pipeline_mode: "full",
     },
     Persona {
         id: "paaee96e4f87",
@@ -116,6 +126,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Hello! How can I help you today?",
         default_replica_id: "r90bbd427f71",
         perception_model: Some("raven-1"),
+        pipeline_mode: "full",
     },
     Persona {
         id: "p5317866",
@@ -124,6 +135,7 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Hello! Nice to meet you.",
         default_replica_id: "r79e1c033f",
         perception_model: None,
+        pipeline_mode: "full",
     },
     Persona {
         id: "pb87e71797da",
@@ -132,6 +144,25 @@ pub const PERSONAS: &[Persona] = &[
         greeting: "Hi! I'm here and ready to talk.",
         default_replica_id: "r4067604db72",
         perception_model: None,
+        pipeline_mode: "full",
+    },
+    Persona {
+        id: "pipecat0",
+        name: "Pipecat",
+        system_prompt: "",
+        greeting: "Hello from Pipecat.",
+        default_replica_id: "rfe12d8b9597",
+        perception_model: None,
+        pipeline_mode: "echo",
+    },
+    Persona {
+        id: "pipecat-stream",
+        name: "Pipecat stream",
+        system_prompt: "",
+        greeting: "Hello from Pipecat.",
+        default_replica_id: "rfe12d8b9597",
+        perception_model: None,
+        pipeline_mode: "echo",
     },
 ];
 

@@ -2,8 +2,10 @@
 
 use serde_json::{Value, json};
 
+use crate::create::{PERSONA_SNAPSHOT, REPLICA_SNAPSHOT, snapshot_of};
 use crate::event::{Event, EventType};
-use crate::registry::{self, Persona};
+use crate::profile::{PersonaProfile, ReplicaProfile};
+use crate::registry;
 use crate::{Conversation, Timestamp};
 
 mod recording;
@@ -19,29 +21,50 @@ pub struct RecordingLocation {
     pub duration_secs: u32,
 }
 
-/// The persona a stored conversation was created with.
-pub fn persona_of(conversation: &Conversation) -> &'static Persona {
-    registry::persona(&conversation.persona_id)
-        .or_else(|| registry::persona(registry::DEFAULT_PERSONA_ID))
-        .expect("the default persona is in the built-in registry")
+/// The persona a stored conversation was created with: the snapshot it keeps of one that is
+/// not stock, else the stock persona of its id.
+pub fn persona_of(conversation: &Conversation) -> PersonaProfile {
+    snapshot_of(&conversation.request_json, PERSONA_SNAPSHOT)
+        .or_else(|| registry::persona(&conversation.persona_id).map(PersonaProfile::from))
+        .unwrap_or_else(|| {
+            registry::persona(registry::DEFAULT_PERSONA_ID)
+                .expect("the default persona is in the built-in registry")
+                .into()
+        })
 }
 
-/// The greeting the replica speaks first.
+/// The replica a stored conversation was created with, as far as it is known.
+pub fn replica_of(conversation: &Conversation) -> ReplicaProfile {
+    snapshot_of(&conversation.request_json, REPLICA_SNAPSHOT)
+        .or_else(|| registry::replica(&conversation.replica_id).map(ReplicaProfile::from))
+        .unwrap_or_else(|| ReplicaProfile {
+            id: conversation.replica_id.clone(),
+            name: "Replica".into(),
+        })
+}
+
+/// The greeting the replica speaks first: the conversation's `custom_greeting`, else the persona's.
 pub fn greeting(conversation: &Conversation) -> String {
     conversation
         .custom_greeting
         .clone()
-        .unwrap_or_else(|| persona_of(conversation).greeting.to_owned())
+        .unwrap_or_else(|| persona_of(conversation).greeting().to_owned())
 }
 
-/// The transcript: the full system prompt first, then the greeting and a few turns.
+/// The transcript: the full system prompt first (the persona's prompt and context, then the
+/// conversation's `conversational_context`), then the greeting and a few turns.
 pub fn transcript(conversation: &Conversation) -> Value {
     let persona = persona_of(conversation);
-    let mut system = persona.system_prompt.to_owned();
-    if let Some(context) = &conversation.conversational_context {
-        system.push_str("\n\n");
-        system.push_str(context);
-    }
+    let system = [
+        Some(persona.system_prompt.as_str()),
+        persona.context.as_deref(),
+        conversation.conversational_context.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|part| !part.is_empty())
+    .collect::<Vec<_>>()
+    .join("\n\n");
     let topic = conversation
         .conversation_name
         .as_deref()
@@ -146,6 +169,31 @@ mod tests {
         assert_eq!(t[0]["role"], "system");
         assert!(t[0]["content"].as_str().unwrap().ends_with("MARKER-42"));
         assert_eq!(t[1]["role"], "assistant");
+    }
+
+    #[test]
+    fn a_stored_persona_kept_with_the_request_drives_the_transcript() {
+        let mut c = conversation("p0123456789abcdef");
+        let persona = PersonaProfile {
+            id: "p0123456789abcdef".into(),
+            name: "Own".into(),
+            system_prompt: "PROMPT-7".into(),
+            context: Some("CONTEXT-7".into()),
+            greeting: Some("GREETING-7".into()),
+            default_replica_id: None,
+            perception_model: Some("raven-0".into()),
+        };
+        c.request_json = json!({ crate::create::PERSONA_SNAPSHOT: persona }).to_string();
+        let t = transcript(&c);
+        assert_eq!(t[0]["content"], "PROMPT-7\n\nCONTEXT-7\n\nMARKER-42");
+        assert_eq!(t[1]["content"], "GREETING-7");
+        assert!(perception_analysis(&c).unwrap().contains("raven-0"));
+        // The conversation's own greeting wins over the persona's.
+        c.custom_greeting = Some("MINE".into());
+        assert_eq!(transcript(&c)[1]["content"], "MINE");
+        // A persona id that is neither stock nor kept falls back to the default persona.
+        c.request_json = "{}".into();
+        assert_eq!(persona_of(&c).id, registry::DEFAULT_PERSONA_ID);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use parley_domain::replica::{greeting, persona_of};
-use parley_domain::{Conversation, ConversationId, ShutdownReason, Status, Timestamp, Transport, registry};
+use parley_domain::replica::{greeting, persona_of, replica_of};
+use parley_domain::{Conversation, ConversationId, ShutdownReason, Status, Timestamp, Transport};
 use parley_store::ConversationStore;
 use parley_store::ParticipantOutcome;
 use serde_json::json;
@@ -103,7 +103,7 @@ async fn open_room(
 
 fn room_json(c: &Conversation) -> serde_json::Value {
     let persona = persona_of(c);
-    let replica = registry::replica(&c.replica_id);
+    let replica = replica_of(c);
     // The store keeps the last head count of a call that ended with people in it; the room
     // itself is empty once the call is over, replica included.
     let live = c.status == Status::Active;
@@ -118,7 +118,7 @@ fn room_json(c: &Conversation) -> serde_json::Value {
         "persona": { "id": persona.id, "name": persona.name },
         "replica": {
             "id": c.replica_id,
-            "name": replica.map_or("Replica", |r| r.name),
+            "name": replica.name,
             "joined": replica_here,
         },
         // The replica speaks first once it is in the room and someone is there to hear it.
