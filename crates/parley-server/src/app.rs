@@ -251,6 +251,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         config.job_lease,
         config.webhook_timeout
     );
+    // A bad seed file stops the start with the reason, before anything is opened.
+    let seed = match &config.seed_file {
+        Some(path) => crate::persona::Seed::load(path, config.accept_unknown_ids)?,
+        None => crate::persona::Seed::default(),
+    };
     let (lock, disk, compaction_marker) = match config.store.database()? {
         Database::Sqlite(path) => {
             let lock = lock_database(&path)?;
@@ -329,6 +334,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         documents: DocumentSettings {
             max_bytes: config.document_max_bytes,
             fetch_timeout: config.document_fetch_timeout,
+        },
+        personas: crate::persona::PersonaSettings {
+            accept_unknown_ids: config.accept_unknown_ids,
+            seed: Arc::new(seed),
         },
     };
     let state = AppState::new(store, blobs, settings, disk);

@@ -467,6 +467,16 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_DOCUMENT_FETCH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub document_fetch_timeout: Duration,
 
+    /// Accept any well-formed persona or replica id (`p`/`r` + 6 to 32 lowercase letters and
+    /// digits), as the account's own, made on first use: for apps that pin ids from the hosted service.
+    #[arg(long, env = "PARLEY_ACCEPT_UNKNOWN_IDS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub accept_unknown_ids: bool,
+
+    /// A JSON file of personas and replicas, with their ids, that exist for every account (see
+    /// docs/API.md, Personas and PALs).
+    #[arg(long, env = "PARLEY_SEED_FILE")]
+    pub seed_file: Option<PathBuf>,
+
     /// Bytes kept in reserve beside an embedded database, given up when the disk fills so deletes
     /// and ends still work; 0 turns the reserve off.
     #[arg(long, env = "PARLEY_DISK_RESERVE_BYTES", default_value_t = 64 << 20)]
@@ -517,6 +527,8 @@ impl ServeConfig {
             unjoinable_replicas: Vec::new(),
             document_max_bytes: 50 << 20,
             document_fetch_timeout: Duration::from_secs(10),
+            accept_unknown_ids: false,
+            seed_file: None,
             // Small, so every test server keeps one without writing much.
             disk_reserve_bytes: 1 << 20,
             log_format: "text".into(),

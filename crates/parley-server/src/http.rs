@@ -9,6 +9,7 @@ pub mod error;
 pub mod guardrail;
 pub mod listing;
 pub mod objective;
+pub mod persona;
 pub mod query;
 pub mod replica;
 pub mod request;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(guardrail::routes())
         .merge(objective::routes())
         .merge(catalogue::routes())
+        .merge(persona::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::require_api_key))
         // For load balancers and orchestrators: no key, no content.
         .route("/health", get(health))

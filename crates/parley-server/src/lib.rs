@@ -13,6 +13,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod migrate;
+pub mod persona;
 pub mod progress;
 pub mod resources;
 pub mod sealed;

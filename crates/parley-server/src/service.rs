@@ -2,7 +2,8 @@
 
 use parley_blobs::BlobError;
 use parley_domain::{
-    Conversation, ConversationId, NewConversation, ShutdownReason, Status, Timestamp, ValidationError,
+    Conversation, ConversationId, CreateConversation, NewConversation, ShutdownReason, Status, Timestamp,
+    ValidationError,
 };
 use parley_store::ConversationStore;
 use parley_store::{
@@ -10,9 +11,9 @@ use parley_store::{
 };
 use rand::RngCore;
 
-use crate::sealed;
 use crate::state::AppState;
 use crate::{jobs, webhook};
+use crate::{persona, sealed};
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,9 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// Creates a conversation from a JSON body.
 pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8]) -> Result<Conversation> {
-    let new = NewConversation::from_json(body, state.settings.limits)?;
+    let request = CreateConversation::from_json(body)?;
+    let cast = persona::cast_of(state, &account.name, &request).await?;
+    let new = NewConversation::validate(request, state.settings.limits, cast.persona, cast.replica)?;
     let now = Timestamp::now();
     let request = &new.request;
     let mut conversation = Conversation {
@@ -65,8 +68,8 @@ pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8
         },
         conversation_name: request.conversation_name.clone(),
         callback_url: request.callback_url.clone(),
-        replica_id: new.replica.id.to_owned(),
-        persona_id: new.persona.id.to_owned(),
+        replica_id: new.replica.id.clone(),
+        persona_id: new.persona.id.clone(),
         conversational_context: request.conversational_context.clone(),
         custom_greeting: request.custom_greeting.clone(),
         test_mode: new.test_mode,
@@ -93,6 +96,8 @@ pub async fn create_conversation(state: &AppState, account: &Account, body: &[u8
             .await
             .map_err(|why| ValidationError(format!("Invalid callback_url: {why}")))?;
     }
+    // Only a request found good uses a seeded or pinned id for the first time.
+    persona::store_first_uses(state, &account.name, cast.first_uses).await?;
     let join_delay = state.settings.replica_join_delay;
     let mut jobs = Vec::new();
     if !new.test_mode {

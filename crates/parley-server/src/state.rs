@@ -38,6 +38,8 @@ pub struct Settings {
     /// Replicas the simulated replica cannot join with.
     pub unjoinable_replicas: Vec<String>,
     pub documents: DocumentSettings,
+    /// Seeded personas and replicas, and whether unknown well-formed ids are accepted.
+    pub personas: crate::persona::PersonaSettings,
 }
 
 impl Settings {

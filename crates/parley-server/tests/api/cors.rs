@@ -129,7 +129,7 @@ async fn cross_origin_responses_and_errors_are_readable_by_the_page() {
         ),
         (
             "unknown path",
-            cross(app.req(Method::GET, "/v2/personas")),
+            cross(app.req(Method::GET, "/v2/deployments")),
             StatusCode::NOT_FOUND,
         ),
         (

@@ -22,6 +22,7 @@ mod objectives;
 mod old_copy;
 #[cfg(feature = "e2e")]
 mod outage;
+mod personas;
 mod replicas;
 mod room;
 mod rotation;

@@ -19,7 +19,7 @@ async fn unknown_paths_are_404_naming_the_path_with_or_without_a_key() {
         (Method::GET, format!("/v2/conversations/{id}/nope")),
         (Method::POST, format!("/v2/conversations/{id}/end/now")),
         (Method::DELETE, format!("/v2/conversations/{id}/recording/1")),
-        (Method::GET, "/v2/personas".to_owned()),
+        (Method::GET, "/v2/deployments".to_owned()),
         (Method::POST, "/v2/replicas/r90bbd427f71/train".to_owned()),
         (Method::GET, "/v2".to_owned()),
         (Method::GET, "/v2/".to_owned()),
