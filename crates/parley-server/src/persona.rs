@@ -53,7 +53,7 @@ pub fn well_formed(kind: ResourceKind, id: &str) -> bool {
 
 /// Whether `id` could name anything at all: a lookup of anything else would find nothing, so
 /// it does not reach storage (a 10,000-character path segment, say).
-fn plausible(id: &str) -> bool {
+pub fn plausible(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

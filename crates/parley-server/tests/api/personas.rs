@@ -313,6 +313,9 @@ async fn stock_personas_resolve_and_cannot_be_changed_or_deleted() {
         app.call(Method::DELETE, "/v2/pals/pipecat-stream").await,
         forbidden("pipecat-stream is a system PAL: it cannot be changed or deleted")
     );
+    // A method the route does not take is the usual 405.
+    let (status, body) = app.call(Method::PUT, "/v2/personas/pdced222244b").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     let (_, again) = app.call(Method::GET, "/v2/personas/pdced222244b").await;
     assert_eq!(again["persona_name"], "Sales Coach");
     let db = app.db().await;
