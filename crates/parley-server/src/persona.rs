@@ -38,8 +38,9 @@ pub struct PersonaSettings {
 
 /// The status of a stored persona, and of a replica made on first use: ready to be used.
 pub const PERSONA_STATUS: &str = "ready";
-/// A replica made on first use is a finished one, as a hosted replica in use would be.
-pub const REPLICA_STATUS: &str = "completed";
+/// The stored status of a replica made on first use. The replica routes work out what clients
+/// read from its creation time, as for any replica the account created.
+pub const REPLICA_STATUS: &str = "started";
 
 /// Whether `id` is a well-formed id of `kind` for a pinned or seeded entry: its prefix (`p`,
 /// `r`) and 6 to 32 lowercase letters and digits. Hosted ids (`p` + 11 hex, older `p` + 7)
@@ -142,6 +143,17 @@ fn ad_hoc_persona(id: &str) -> Map<String, Value> {
     }
 }
 
+/// The fields a pinned replica starts with: what the replica routes show of one created there.
+fn ad_hoc_replica(id: &str) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("replica_name".into(), json!(id));
+    fields.insert("model_name".into(), json!(DEFAULT_REPLICA_MODEL));
+    fields
+}
+
+/// The model a pinned or seeded replica names unless it says otherwise (the replica routes' default).
+pub const DEFAULT_REPLICA_MODEL: &str = "phoenix-4";
+
 /// Where `id` leads for the account, without writing anything.
 pub async fn find_persona(state: &AppState, account: &str, id: &str) -> Result<Option<Found<Persona>>> {
     if let Some(stock) = registry::persona(id) {
@@ -189,11 +201,7 @@ pub async fn find_replica(state: &AppState, account: &str, id: &str) -> Result<O
     let settings = &state.settings.personas;
     let fields = match settings.seed.replicas.get(id) {
         Some(seeded) => seeded.clone(),
-        None if settings.accept_unknown_ids && well_formed(ResourceKind::Replica, id) => {
-            let mut fields = Map::new();
-            fields.insert("replica_name".into(), json!(id));
-            fields
-        }
+        None if settings.accept_unknown_ids && well_formed(ResourceKind::Replica, id) => ad_hoc_replica(id),
         None => return Ok(None),
     };
     Ok(Some(Found::FirstUse(NewResource {

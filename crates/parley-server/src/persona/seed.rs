@@ -76,6 +76,9 @@ impl Seed {
                     None => {
                         entry.entry("replica_name").or_insert_with(|| json!(id.clone()));
                         entry
+                            .entry("model_name")
+                            .or_insert_with(|| json!(super::DEFAULT_REPLICA_MODEL));
+                        entry
                     }
                 };
                 let into = match kind {

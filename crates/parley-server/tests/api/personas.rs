@@ -641,6 +641,11 @@ async fn pinned_ids_are_made_on_first_use_only_when_accepted() {
     let (status, persona) = app.call(Method::GET, "/v2/pals/p1fec29e7f23").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(persona["pal_type"], "user");
+    // The replica routes read the pinned replica as the account's own.
+    let (status, face) = app.call(Method::GET, "/v2/faces/r9d30b0e55ac").await;
+    assert_eq!(status, StatusCode::OK, "{face}");
+    assert_eq!(face["face_name"], "r9d30b0e55ac");
+    assert_eq!(face["model_name"], "phoenix-4");
     let ops = json!([{ "op": "replace", "path": "/system_prompt", "value": "PINNED-PROMPT" }]);
     assert_eq!(
         patch(&app, "/v2/personas/p1fec29e7f23", &ops).await.0,
@@ -916,4 +921,62 @@ async fn a_pals_tools_and_skills_are_listed_attached_and_detached() {
         .0,
         StatusCode::FORBIDDEN
     );
+}
+
+#[tokio::test]
+async fn the_accounts_own_replica_serves_until_it_is_deleted() {
+    let app = TestApp::spawn().await;
+    let (status, made) = post(
+        &app,
+        "/v2/replicas",
+        &json!({ "replica_name": "Mine", "train_video_url": "https://videos.example.com/t.mp4" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    let replica = made["replica_id"].as_str().unwrap().to_owned();
+    // As a persona's default face, and named by a conversation.
+    let (status, pal) = post(
+        &app,
+        "/v2/pals",
+        &json!({ "system_prompt": "P", "default_face_id": replica }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{pal}");
+    let pal = pal["pal_id"].as_str().unwrap().to_owned();
+    let id = app.create(json!({ "pal_id": pal })).await;
+    let (_, got) = app.call(Method::GET, &format!("/v2/conversations/{id}")).await;
+    assert_eq!(got["replica_id"], json!(replica));
+    // The room names the replica as the account named it.
+    let (_, room) = send(app.client.get(format!("{}/rooms/{id}/state", app.base))).await;
+    assert_eq!(room["replica"]["name"], "Mine");
+
+    // Another account cannot use it, and once deleted (softly) nobody can: the same 400 as an
+    // unknown id, whether named or reached through the persona's default.
+    let other = app.new_key("other");
+    let unknown = (StatusCode::BAD_REQUEST, json!({ "error": "Invalid replica_id" }));
+    let theirs = send(
+        app.req_as(&other, Method::POST, "/v2/conversations")
+            .json(&json!({ "replica_id": replica })),
+    )
+    .await;
+    assert_eq!(theirs, unknown);
+    let (status, _) = app
+        .call(Method::DELETE, &format!("/v2/replicas/{replica}?hard=false"))
+        .await;
+    assert!(status.is_success(), "{status}");
+    for body in [json!({ "replica_id": replica }), json!({ "pal_id": pal })] {
+        let got = send(app.req(Method::POST, "/v2/conversations").json(&body)).await;
+        assert_eq!(got, unknown, "{body}");
+    }
+    assert_eq!(
+        post(
+            &app,
+            "/v2/personas",
+            &json!({ "system_prompt": "P", "default_replica_id": replica })
+        )
+        .await,
+        unknown
+    );
+    let db = app.db().await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM conversation").await, 1);
 }
