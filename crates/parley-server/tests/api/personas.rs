@@ -617,6 +617,8 @@ async fn pinned_ids_are_made_on_first_use_only_when_accepted() {
         c.max_concurrent_conversations = 50;
     })
     .await;
+    // Before any load: the key command opens the same embedded database.
+    let other = app.new_key("other");
     // An app that pins ids from the hosted service.
     let conversation = app
         .create(json!({ "persona_id": "p1fec29e7f23", "replica_id": "r9d30b0e55ac" }))
@@ -692,7 +694,6 @@ async fn pinned_ids_are_made_on_first_use_only_when_accepted() {
 
     // Strict again: unknown ids are 400s, the stored ones stay the account's own.
     let key = app.key.clone();
-    let other = app.new_key("other");
     let backing = app.stop().await;
     let mut app = TestApp::spawn_on(backing, |_| {}).await;
     app.key = key;
@@ -926,6 +927,7 @@ async fn a_pals_tools_and_skills_are_listed_attached_and_detached() {
 #[tokio::test]
 async fn the_accounts_own_replica_serves_until_it_is_deleted() {
     let app = TestApp::spawn().await;
+    let other = app.new_key("other");
     let (status, made) = post(
         &app,
         "/v2/replicas",
@@ -952,7 +954,6 @@ async fn the_accounts_own_replica_serves_until_it_is_deleted() {
 
     // Another account cannot use it, and once deleted (softly) nobody can: the same 400 as an
     // unknown id, whether named or reached through the persona's default.
-    let other = app.new_key("other");
     let unknown = (StatusCode::BAD_REQUEST, json!({ "error": "Invalid replica_id" }));
     let theirs = send(
         app.req_as(&other, Method::POST, "/v2/conversations")
