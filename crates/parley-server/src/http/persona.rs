@@ -399,27 +399,9 @@ pub async fn delete_persona(
     }
 }
 
-/// The tools parley knows by id: the system tools of the hosted catalogue (`end_call`).
+/// A tool parley knows by id: one of the stock catalogue's system tools (`end_call`).
 fn known_tool(id: &str) -> Option<Value> {
-    (id == "end_call").then(|| {
-        json!({
-            "tool_id": "end_call",
-            "name": "end_call",
-            "description": "Ends the call when the conversation is over.",
-            "is_system_tool": true,
-            "owner_id": null,
-            "parameters": { "type": "object", "properties": {} },
-            "delivery": { "app_message": true },
-            "trigger_type": "in_call",
-            "origin": "llm",
-            "on_call": "silent",
-            "on_resolve": "fire_and_forget",
-            "static_filler": null,
-            "tags": [],
-            "created_at": STOCK_TIME,
-            "updated_at": STOCK_TIME,
-        })
-    })
+    crate::catalogue::tool(id)
 }
 
 /// A PAL's stored `tool_ids`.
