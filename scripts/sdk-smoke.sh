@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts parley on a fresh data directory and drives it with the official Tavus Python SDK.
+# Starts parley on a fresh data directory and drives it with the official Tavus Python SDK and CLI,
+# and with the exact requests of the LiveKit and Pipecat plugins.
 # Usage: scripts/sdk-smoke.sh [path/to/parley]   (default: target/debug/parley, built if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,5 @@ key="$(grep -o 'API key [0-9a-f]*' "$log" | cut -d' ' -f3)"
 
 TAVUS_PUBLIC_API_BASE_URL="$base/v2" TAVUS_API_KEY="$key" PATH="$venv/bin:$PATH" \
   "$venv/bin/python" scripts/sdk_smoke.py
+TAVUS_PUBLIC_API_BASE_URL="$base/v2" TAVUS_API_KEY="$key" PATH="$venv/bin:$PATH" \
+  "$venv/bin/python" scripts/clients_smoke.py
