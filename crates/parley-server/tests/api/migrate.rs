@@ -42,6 +42,11 @@ impl Succeeds for Output {
     }
 }
 
+/// POSTs `body` as JSON; the status and the answer.
+async fn post(app: &TestApp, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    crate::support::send(app.req(Method::POST, path).json(&body)).await
+}
+
 /// An embedded store with `n` conversations (test mode, so no cap), stopped; their ids.
 async fn source_with(n: usize) -> (Backing, Vec<String>) {
     let source = Backing::sqlite();
@@ -148,6 +153,65 @@ async fn an_embedded_store_is_copied_whole_into_another_store() {
     app.call(Method::DELETE, &format!("/v2/conversations/{erased}?hard=true"))
         .await;
     let other_key = cli_new_key(&source, "team-b");
+    // Resources: a persona, a document fetched into a blob, a guardrail, and an erased persona.
+    let pages = crate::documents::DocServer::start("migrated-handbook").await;
+    let (_, persona) = post(
+        &app,
+        "/v2/personas",
+        json!({ "persona_name": "Migrated", "system_prompt": "You were copied." }),
+    )
+    .await;
+    let persona = persona["persona_id"].as_str().unwrap().to_owned();
+    let (_, doc) = post(
+        &app,
+        "/v2/documents",
+        json!({ "document_url": pages.url("/doc.txt") }),
+    )
+    .await;
+    let doc = doc["document_id"].as_str().unwrap().to_owned();
+    let (_, guardrail) = post(
+        &app,
+        "/v2/guardrails",
+        json!({ "guardrail_name": "no_advice", "guardrail_prompt": "Never advise." }),
+    )
+    .await;
+    let guardrail = guardrail["uuid"].as_str().unwrap().to_owned();
+    let (_, dropped) = post(
+        &app,
+        "/v2/personas",
+        json!({ "persona_name": "Dropped", "system_prompt": "Gone." }),
+    )
+    .await;
+    let dropped = dropped["persona_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.call(Method::DELETE, &format!("/v2/personas/{dropped}"))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let resources = [
+        format!("/v2/personas/{persona}"),
+        format!("/v2/documents/{doc}"),
+        format!("/v2/guardrails/{guardrail}"),
+    ];
+    crate::support::eventually("the document is fetched", || async {
+        app.call(Method::GET, &format!("/v2/documents/{doc}")).await.1["status"] == "ready"
+    })
+    .await;
+    let mut resources_before = Vec::new();
+    for path in &resources {
+        resources_before.push(app.call(Method::GET, path).await);
+    }
+    let doc_content = format!("/v2/documents/{doc}/content");
+    let content_before = app
+        .req(Method::GET, &doc_content)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&content_before).contains("migrated-handbook"));
     app.wait_for_jobs().await;
     let (_, before) = app
         .call(Method::GET, &format!("/v2/conversations/{recorded}?verbose=true"))
@@ -261,6 +325,23 @@ async fn an_embedded_store_is_copied_whole_into_another_store() {
             .await
             .0,
         StatusCode::OK
+    );
+    // The resources come across whole, the document's blob and key included; the erased one does not.
+    for (path, before) in resources.iter().zip(&resources_before) {
+        assert_eq!(&copy.call(Method::GET, path).await, before, "{path}");
+    }
+    let content_after = copy
+        .req(Method::GET, &doc_content)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(content_after, content_before);
+    assert_eq!(
+        copy.call(Method::GET, &format!("/v2/personas/{dropped}")).await.0,
+        StatusCode::BAD_REQUEST
     );
     // New rows get fresh ids after the copied ones: the copy keeps working.
     let fresh = copy.ended(json!({})).await;
