@@ -552,6 +552,28 @@ async fn scan(o: &Opened) -> anyhow::Result<Scan> {
         into.entry(id).or_default().push(key);
     }
 
+    // A resource's blobs belong to its row, or to its purge until the job runner finishes it;
+    // any other is left over, and shown as stray.
+    let purging = resource_purges(o).await?;
+    let mut listing = o.blobs.stream_prefix(BlobKey::RESOURCE_ROOT);
+    while let Some((key, _)) = listing.try_next().await.context("listing blobs")? {
+        s.checked.blobs += 1;
+        let owned = match BlobKey::resource_of(&key) {
+            Some(row_id) => {
+                purging.contains(row_id)
+                    || o.inner
+                        .load_resource(row_id)
+                        .await
+                        .context("reading a resource")?
+                        .is_some()
+            }
+            None => false,
+        };
+        if !owned {
+            s.stray.push(key);
+        }
+    }
+
     // After the blobs, so that each conversation's asset rows can be counted against its blobs
     // (rows come in key order: a conversation's assets are adjacent).
     let table = Table::Asset;
@@ -579,6 +601,12 @@ async fn scan(o: &Opened) -> anyhow::Result<Scan> {
 }
 
 /// Calls `f` on every row of `table`, a page at a time in key order.
+/// Row ids of hard-deleted resources whose purge has not finished.
+async fn resource_purges(o: &Opened) -> anyhow::Result<HashSet<String>> {
+    let pending = o.inner.pending_resource_purges(u32::MAX).await;
+    Ok(pending.context("listing resource purges")?.into_iter().collect())
+}
+
 async fn for_each_row(
     store: &dyn ConversationStore,
     table: Table,
@@ -722,13 +750,7 @@ async fn findings(o: &Opened, s: &Scan, grace: Duration) -> anyhow::Result<Vec<F
 
     // A resource's key belongs to its row; a hard-deleted resource's, to its purge until the job
     // runner finishes it.
-    let purging: HashSet<String> = o
-        .inner
-        .pending_resource_purges(u32::MAX)
-        .await
-        .context("listing resource purges")?
-        .into_iter()
-        .collect();
+    let purging = resource_purges(o).await?;
     for info in &s.other_keys {
         // Destroyed since the list was read: nothing to report.
         if o.keys.get(&info.owner).await.map_err(key_error)?.is_none() {

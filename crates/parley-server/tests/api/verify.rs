@@ -498,3 +498,50 @@ async fn erase_rows(raw: &dyn parley_store::ConversationStore, id: &str) {
         "{outcome:?}"
     );
 }
+
+/// Resources' keys and blobs belong to their rows: a state with a persona, a fetched document and
+/// an erased persona verifies clean, and a resource blob that belongs to no row is shown as stray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_keys_and_blobs_are_checked_against_their_rows() {
+    let app = TestApp::spawn().await;
+    let pages = crate::documents::DocServer::start("verified-handbook").await;
+    let post = |path: &'static str, body: serde_json::Value| {
+        crate::support::send(app.req(Method::POST, path).json(&body))
+    };
+    let (status, _) = post(
+        "/v2/personas",
+        json!({ "persona_name": "Kept", "system_prompt": "Hi." }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, doc) = post("/v2/documents", json!({ "document_url": pages.url("/doc.txt") })).await;
+    let doc = doc["document_id"].as_str().unwrap().to_owned();
+    let (_, gone) = post(
+        "/v2/personas",
+        json!({ "persona_name": "Gone", "system_prompt": "Bye." }),
+    )
+    .await;
+    let gone = gone["persona_id"].as_str().unwrap().to_owned();
+    let (status, _) = app.call(Method::DELETE, &format!("/v2/personas/{gone}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    crate::support::eventually("the document is fetched", || async {
+        app.call(Method::GET, &format!("/v2/documents/{doc}")).await.1["status"] == "ready"
+    })
+    .await;
+    let backing = app.stop().await;
+
+    let clean = backing.assert_verifies_clean().await;
+    assert_eq!(clean.summary("keys"), "2", "{clean}");
+    assert_eq!(clean.summary("blobs"), "1", "{clean}");
+
+    let stray = "resources/s00000000deadbeef/content";
+    backing
+        .blobs()
+        .put_key(stray, bytes::Bytes::from_static(b"left over"))
+        .await
+        .unwrap();
+    let found = backing.verify(&[]).await;
+    found.assert_code(1);
+    assert_eq!(found.of("stray-blob").len(), 1, "{found}");
+    assert!(found.of("stray-blob")[0].contains(stray), "{found}");
+}
