@@ -2,6 +2,8 @@
 //!
 //! Every decision the hosted docs leave open is in `docs/API.md`, "Personas and PALs".
 
+mod skills;
+
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, RawQuery, State};
@@ -42,7 +44,17 @@ pub fn routes() -> Router<AppState> {
             get(list_pal_tools).post(attach_pal_tools),
         )
         .route("/v2/pals/{persona_id}/tools/{tool_id}", delete(detach_pal_tool))
-        .route("/v2/pals/{persona_id}/skills", get(list_pal_skills))
+        .route(
+            "/v2/pals/{persona_id}/skills",
+            get(list_pal_skills).put(skills::replace_pal_skills),
+        )
+        .route(
+            "/v2/pals/{persona_id}/skills/{skill_id}",
+            get(skills::get_pal_skill)
+                .put(skills::put_pal_skill)
+                .patch(skills::patch_pal_skill)
+                .delete(skills::delete_pal_skill),
+        )
         .layer(Extension(View::Pal));
     personas.merge(pals)
 }

@@ -981,3 +981,103 @@ async fn the_accounts_own_replica_serves_until_it_is_deleted() {
     let db = app.db().await;
     assert_eq!(db.scalar("SELECT COUNT(*) FROM conversation").await, 1);
 }
+
+#[tokio::test]
+async fn a_pals_skills_are_attached_patched_replaced_and_detached_one_by_one() {
+    let app = TestApp::spawn().await;
+    let (_, made) = post(
+        &app,
+        "/v2/pals",
+        &json!({ "pal_name": "Skills", "system_prompt": "P", "default_face_id": "rfe12d8b9597" }),
+    )
+    .await;
+    let id = made["pal_id"].as_str().unwrap().to_owned();
+    let one = format!("/v2/pals/{id}/skills/internet_search");
+    let put = |path: String, body: Value| send(app.req(Method::PUT, &path).json(&body));
+
+    let (status, attached) = put(one.clone(), json!({ "config": { "max_results": 3 } })).await;
+    assert_eq!(status, StatusCode::OK, "{attached}");
+    assert_eq!(attached["config"], json!({ "max_results": 3 }));
+    let attached_at = attached["attached_at"].clone();
+    assert!(attached_at.is_string());
+    let (status, patched) = send(
+        app.req(Method::PATCH, &one)
+            .json(&json!({ "config": { "safe": true } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["config"], json!({ "max_results": 3, "safe": true }));
+    assert_eq!(
+        patched["attached_at"], attached_at,
+        "a patch keeps when it was attached"
+    );
+    assert_eq!(
+        app.call(Method::GET, &one).await,
+        (StatusCode::OK, patched.clone())
+    );
+    let (_, pal) = app.call(Method::GET, &format!("/v2/pals/{id}")).await;
+    assert_eq!(
+        pal["skills"]["internet_search"], patched,
+        "kept in the PAL's skills"
+    );
+
+    // Refused without a change: an unknown skill, presentation without its documents, a stock PAL.
+    let db = app.db().await;
+    let before = version(&db, &id).await;
+    assert_eq!(
+        put(format!("/v2/pals/{id}/skills/my_skill"), json!({ "config": {} })).await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({ "error": "Unknown skill 'my_skill'" })
+        )
+    );
+    assert_eq!(
+        put(
+            format!("/v2/pals/{id}/skills/presentation"),
+            json!({ "config": {} })
+        )
+        .await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "Bad Request: {'document_ids': ['Missing data for required field.']}" })
+        )
+    );
+    assert_eq!(
+        put(one.clone(), json!({ "config": "loud" })).await,
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "Invalid config: expected an object" })
+        )
+    );
+    assert_eq!(
+        put("/v2/pals/pcb7a34da5fe/skills/memory".into(), json!({}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(version(&db, &id).await, before);
+
+    // Replacing all at once drops the ones not named.
+    let all = format!("/v2/pals/{id}/skills/");
+    let (status, replaced) = put(all.clone(), json!({ "skills": { "memory": { "config": {} } } })).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(
+        replaced["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["memory"]
+    );
+    assert_eq!(
+        app.call(Method::GET, &one).await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({ "error": "Skill 'internet_search' is not attached to this PAL" })
+        )
+    );
+    let memory = format!("/v2/pals/{id}/skills/memory");
+    assert_eq!(app.call(Method::DELETE, &memory).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::DELETE, &memory).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::GET, &all).await,
+        (StatusCode::OK, json!({ "data": {} }))
+    );
+    db.close().await;
+}
