@@ -1,5 +1,6 @@
-//! Crashes: a hard delete (of a conversation or a persona) acknowledged before a kill is finished after the restart, and never half
-//! done; and `parley verify` after every kill and restart finds only what a kill may leave.
+//! Crashes: a hard delete (of a conversation or a persona) acknowledged before a kill is finished
+//! after the restart, and never half done; and `parley verify` after every kill and restart finds
+//! only what a kill may leave.
 //!
 //! What a kill may leave (README, `parley verify`): purges still to run (`purge-pending`: a delete's
 //! rows went in its transaction, its key and blobs go with the purge that a restarted server or
