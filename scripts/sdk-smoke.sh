@@ -16,7 +16,7 @@ fi
 
 data="$(mktemp -d)"
 log="$data/parley.log"
-"$bin" serve --data-dir "$data/data" --key-store "$data/keys/keys.slots" --master-key-file "$data/master.key" --listen 127.0.0.1:0 --replica-join-delay 0s 2>"$log" &
+"$bin" serve --data-dir "$data/data" --key-store "$data/keys/keys.slots" --master-key-file "$data/master.key" --listen 127.0.0.1:0 --replica-join-delay 0s --document-allow-private 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
 

@@ -334,6 +334,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         documents: DocumentSettings {
             max_bytes: config.document_max_bytes,
             fetch_timeout: config.document_fetch_timeout,
+            allow_private: config.document_allow_private,
         },
         personas: crate::persona::PersonaSettings {
             accept_unknown_ids: config.accept_unknown_ids,

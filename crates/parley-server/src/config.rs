@@ -467,6 +467,12 @@ pub struct ServeConfig {
     #[arg(long, env = "PARLEY_DOCUMENT_FETCH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub document_fetch_timeout: Duration,
 
+    /// Fetch documents from loopback, private and link-local addresses too. Off by default: a
+    /// fetched document is readable back through the API, so a key holder could otherwise read
+    /// the server's own network (a cloud metadata endpoint, say), which the hosted API never reaches.
+    #[arg(long, env = "PARLEY_DOCUMENT_ALLOW_PRIVATE", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub document_allow_private: bool,
+
     /// Accept any well-formed persona or replica id (`p`/`r` + 6 to 32 lowercase letters and
     /// digits), as the account's own, made on first use: for apps that pin ids from the hosted service.
     #[arg(long, env = "PARLEY_ACCEPT_UNKNOWN_IDS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -527,6 +533,8 @@ impl ServeConfig {
             unjoinable_replicas: Vec::new(),
             document_max_bytes: 50 << 20,
             document_fetch_timeout: Duration::from_secs(10),
+            // Tests serve their documents on 127.0.0.1.
+            document_allow_private: true,
             accept_unknown_ids: false,
             seed_file: None,
             // Small, so every test server keeps one without writing much.

@@ -51,6 +51,8 @@ pub struct DocumentSettings {
     pub max_bytes: u64,
     /// How long one fetch (all its redirects and the body) may take.
     pub fetch_timeout: Duration,
+    /// Whether loopback, private and link-local addresses may be fetched.
+    pub allow_private: bool,
 }
 
 /// What a fetch came to.
@@ -223,8 +225,9 @@ async fn commit(
     Ok(None)
 }
 
-/// Downloads `url`, following redirects; with `deny_private`, every hop must resolve to public
-/// addresses only, and the connection goes to exactly those addresses.
+/// Downloads `url`, following redirects. Unless private addresses are allowed (and never with
+/// `--webhook-deny-private`), every hop must resolve to public addresses only, and the connection
+/// goes to exactly those addresses.
 async fn download(state: &AppState, url: &str) -> Result<Downloaded, Failure> {
     let settings = &state.settings.documents;
     let mut url = url::Url::parse(url).map_err(|_| Failure::Permanent("invalid_file_url"))?;
@@ -236,7 +239,7 @@ async fn download(state: &AppState, url: &str) -> Result<Downloaded, Failure> {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("parley/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.fetch_timeout);
-        if state.settings.webhooks.deny_private {
+        if state.settings.webhooks.deny_private || !settings.allow_private {
             let addrs = webhook::public_addrs(&url).await.map_err(|e| match e {
                 NotPublic::Refused(why) => {
                     tracing::info!(error = %why, "document URL refused");

@@ -397,16 +397,23 @@ async fn failed_fetches_end_in_error_with_the_hosted_codes() {
 
 #[tokio::test]
 async fn with_private_addresses_denied_a_local_url_is_refused() {
-    let app = TestApp::spawn_with(|c| c.webhook_deny_private = true).await;
-    let pages = DocServer::start(&marker("privmark")).await;
-    let (id, _) = create(&app, json!({"document_url": pages.url("/doc.txt")})).await;
-    let doc = wait_status(&app, &id, "error").await;
-    assert_eq!(doc["error_message"], "invalid_file_url");
-    assert_eq!(
-        pages.hits("/doc.txt"),
-        0,
-        "nothing was sent to the private address"
-    );
+    // By default (private documents not allowed), and with private callbacks denied whatever
+    // the document setting.
+    for deny in [
+        |c: &mut parley_server::ServeConfig| c.document_allow_private = false,
+        |c: &mut parley_server::ServeConfig| c.webhook_deny_private = true,
+    ] {
+        let app = TestApp::spawn_with(deny).await;
+        let pages = DocServer::start(&marker("privmark")).await;
+        let (id, _) = create(&app, json!({"document_url": pages.url("/doc.txt")})).await;
+        let doc = wait_status(&app, &id, "error").await;
+        assert_eq!(doc["error_message"], "invalid_file_url");
+        assert_eq!(
+            pages.hits("/doc.txt"),
+            0,
+            "nothing was sent to the private address"
+        );
+    }
 }
 
 #[tokio::test]

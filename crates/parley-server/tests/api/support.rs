@@ -743,6 +743,8 @@ impl Proc {
             .args(backing.serve_args())
             .args(extra)
             .env("PARLEY_LOG", "warn")
+            // Tests serve their documents on 127.0.0.1.
+            .env("PARLEY_DOCUMENT_ALLOW_PRIVATE", "true")
             // The default 64 MiB, written by every server a test starts, would only cost time; a
             // flag in `extra` still overrides it.
             .env("PARLEY_DISK_RESERVE_BYTES", "1048576")
