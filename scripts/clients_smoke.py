@@ -207,6 +207,11 @@ def rest_quickstart():
     check("quickstart: create a conversation with both", status == 200 and c.get("conversation_url"), (status, c))
     if status == 200:
         api("POST", f"/conversations/{c['conversation_id']}/end")
+    # The React quickstart: the hosted API's "Stock Demo Persona", and no replica.
+    status, c = api("POST", "/conversations", {"persona_id": "p9a95912"})
+    check("react quickstart: the stock demo persona", status == 200 and c.get("conversation_url"), (status, c))
+    if status == 200:
+        api("POST", f"/conversations/{c['conversation_id']}/end")
     # The MCP server's health check.
     status, body = api("GET", "/pals?limit=1&page=0")
     check("mcp health check", status == 200 and "data" in body, (status, body))

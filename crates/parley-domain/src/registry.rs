@@ -67,6 +67,12 @@ pub const REPLICAS: &[Replica] = &[
         name: "Lucy - Home",
         model_name: "phoenix-4.5",
     },
+    // Named "Charlie" beside the Stock Demo Persona in the hosted API's React quickstart.
+    Replica {
+        id: "rf4703150052",
+        name: "Charlie",
+        model_name: "phoenix-3",
+    },
 ];
 
 /// The stock personas; `pdced222244b` is the default when a request names none.
@@ -133,6 +139,17 @@ pub const PERSONAS: &[Persona] = &[
         name: "Stock persona",
         system_prompt: "You are a helpful assistant on a video call.",
         greeting: "Hello! Nice to meet you.",
+        default_replica_id: "r79e1c033f",
+        perception_model: None,
+        pipeline_mode: "full",
+    },
+    // The "Stock Demo Persona" of the hosted API's quickstarts (the React CVI quickstart among
+    // them), used there with `r79e1c033f` or with no replica at all.
+    Persona {
+        id: "p9a95912",
+        name: "Stock Demo Persona",
+        system_prompt: "You are a friendly demo assistant on a video call. Keep your answers short.",
+        greeting: "Hi! Thanks for trying the demo. What would you like to talk about?",
         default_replica_id: "r79e1c033f",
         perception_model: None,
         pipeline_mode: "full",

@@ -1081,3 +1081,32 @@ async fn a_pals_skills_are_attached_patched_replaced_and_detached_one_by_one() {
     );
     db.close().await;
 }
+
+/// The hosted quickstarts' "Stock Demo Persona" works without any option, alone or with the
+/// replica the React quickstart names.
+#[tokio::test]
+async fn the_quickstarts_stock_demo_persona_needs_no_option() {
+    let app = TestApp::spawn().await;
+    for body in [
+        json!({ "persona_id": "p9a95912" }),
+        json!({ "persona_id": "p9a95912", "replica_id": "rf4703150052" }),
+    ] {
+        let (status, created) = post(&app, "/v2/conversations", &body).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {created}");
+        let id = created["conversation_id"].as_str().unwrap();
+        let (_, got) = app.call(Method::GET, &format!("/v2/conversations/{id}")).await;
+        assert_eq!(got["persona_id"], "p9a95912");
+        let replica = body["replica_id"].as_str().unwrap_or("r79e1c033f");
+        assert_eq!(
+            got["replica_id"], replica,
+            "the persona's default replica when none is named"
+        );
+        app.call(Method::POST, &format!("/v2/conversations/{id}/end"))
+            .await;
+    }
+    let (status, persona) = app.call(Method::GET, "/v2/personas/p9a95912").await;
+    assert_eq!(
+        (status, &persona["persona_type"]),
+        (StatusCode::OK, &json!("system"))
+    );
+}
