@@ -21,8 +21,8 @@ use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
     Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
     DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
-    ParticipantOutcome, RawDelivery, RawEvent, Resealed, Resource, SoftDeleteOutcome, StoreError,
-    StoreResult, StoredEvent, UnsealedConversation,
+    LEASED_TABLES, ParticipantOutcome, RawDelivery, RawEvent, Resealed, Resource, SoftDeleteOutcome,
+    StoreError, StoreResult, StoredEvent, UnsealedConversation,
 };
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgRow};
@@ -1393,20 +1393,18 @@ impl ConversationStore for PostgresStore {
         // Only for a process that knows it is alone. With a shared database another process's
         // live lease would be cleared and its job run twice, so a server must not call this at
         // startup on Postgres: leases of dead processes expire by themselves.
-        let jobs = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        let deliveries =
-            sqlx::query("UPDATE delivery SET locked_until = NULL WHERE locked_until IS NOT NULL")
-                .execute(&self.pool)
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut released = 0;
+        for table in LEASED_TABLES {
+            let sql = format!("UPDATE {table} SET locked_until = NULL WHERE locked_until IS NOT NULL");
+            released += sqlx::query(&sql)
+                .execute(&mut *tx)
                 .await
-                .map_err(map_err)?;
-        let resources = sqlx::query("UPDATE resource SET locked_until = NULL WHERE locked_until IS NOT NULL")
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(jobs.rows_affected() + deliveries.rows_affected() + resources.rows_affected())
+                .map_err(map_err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(released)
     }
 
     async fn complete_job(&self, job: &Job) -> StoreResult<()> {

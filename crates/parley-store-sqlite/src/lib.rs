@@ -14,8 +14,8 @@ use parley_store::table::{Kind, Row as CopyRow, Table, Value};
 use parley_store::{
     Account, Asset, ContentFields, ConversationRef, ConversationStore, DeleteScope, Delivery, DeliveryFilter,
     DeliveryInfo, EndOutcome, ErasureReceipt, HardDeleteOutcome, Job, JobInfo, JobKind, KeyInfo,
-    ParticipantOutcome, RawDelivery, RawEvent, Resealed, Resource, SoftDeleteOutcome, StoreError,
-    StoreResult, StoredEvent, UnsealedConversation,
+    LEASED_TABLES, ParticipantOutcome, RawDelivery, RawEvent, Resealed, Resource, SoftDeleteOutcome,
+    StoreError, StoreResult, StoredEvent, UnsealedConversation,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -1300,20 +1300,18 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn release_all_leases(&self) -> StoreResult<u64> {
-        let jobs = sqlx::query("UPDATE job SET locked_until = NULL WHERE locked_until IS NOT NULL")
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        let deliveries =
-            sqlx::query("UPDATE delivery SET locked_until = NULL WHERE locked_until IS NOT NULL")
-                .execute(&self.writer)
+        let mut tx = self.writer.begin_with(BEGIN_WRITE).await.map_err(map_err)?;
+        let mut released = 0;
+        for table in LEASED_TABLES {
+            let sql = format!("UPDATE {table} SET locked_until = NULL WHERE locked_until IS NOT NULL");
+            released += sqlx::query(&sql)
+                .execute(&mut *tx)
                 .await
-                .map_err(map_err)?;
-        let resources = sqlx::query("UPDATE resource SET locked_until = NULL WHERE locked_until IS NOT NULL")
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(jobs.rows_affected() + deliveries.rows_affected() + resources.rows_affected())
+                .map_err(map_err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(released)
     }
 
     async fn complete_job(&self, job: &Job) -> StoreResult<()> {

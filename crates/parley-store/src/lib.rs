@@ -153,6 +153,10 @@ pub struct ErasureReceipt {
     pub key_destroyed_at: Option<Timestamp>,
 }
 
+/// The tables whose rows a runner claims under a lease (`locked_until`): what
+/// [`ConversationStore::release_all_leases`] releases.
+pub const LEASED_TABLES: [&str; 3] = ["job", "delivery", "resource"];
+
 /// A durable job's id.
 pub type JobId = i64;
 
@@ -576,7 +580,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<Job>>;
-    /// Releases every job and delivery lease; only for a process that knows no other runner is alive.
+    /// Releases every lease of jobs, deliveries and resource work ([`LEASED_TABLES`]); only for a
+    /// process that knows no other runner is alive.
     async fn release_all_leases(&self) -> StoreResult<u64>;
     /// Removes a finished job, if the claim is still the latest (see `delivery_succeeded`).
     async fn complete_job(&self, job: &Job) -> StoreResult<()>;

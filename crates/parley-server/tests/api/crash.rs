@@ -40,6 +40,36 @@ async fn verify_after_restart(dir: &Backing, server: Proc) {
     assert!(verified.findings().is_empty(), "{verified}");
 }
 
+/// Sends a DELETE of `path(id)` for every id at once, kills the server `kill_after_ms` later, and
+/// returns the ids whose delete was acknowledged (204) before the kill.
+async fn delete_then_kill(
+    client: &reqwest::Client,
+    server: Proc,
+    key: &str,
+    ids: &[String],
+    kill_after_ms: u64,
+    path: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let deletes: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let req = client
+                .delete(format!("{}{}", server.base, path(id)))
+                .header("x-api-key", key);
+            tokio::spawn(async move { req.send().await.map(|r| r.status()).ok() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
+    server.kill();
+    let mut acknowledged = Vec::new();
+    for (id, task) in ids.iter().zip(deletes) {
+        if task.await.unwrap() == Some(StatusCode::NO_CONTENT) {
+            acknowledged.push(id.clone());
+        }
+    }
+    acknowledged
+}
+
 async fn create_ended(client: &reqwest::Client, base: &str, key: &str, marker: &str) -> String {
     let body = json!({ "conversational_context": marker, "properties": { "enable_recording": true } });
     let id = create_on(client, base, key, body).await;
@@ -124,23 +154,10 @@ async fn a_kill_at_any_moment_of_hard_deletes_leaves_every_conversation_whole_or
         }
         let (doomed, bystanders) = ids.split_at(16);
 
-        let deletes: Vec<_> = doomed
-            .iter()
-            .map(|id| {
-                let req = client
-                    .delete(format!("{}/v2/conversations/{id}?hard=true", server.base))
-                    .header("x-api-key", &key);
-                tokio::spawn(async move { req.send().await.map(|r| r.status()).ok() })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
-        server.kill();
-        let mut acknowledged = Vec::new();
-        for (id, task) in doomed.iter().zip(deletes) {
-            if task.await.unwrap() == Some(StatusCode::NO_CONTENT) {
-                acknowledged.push(id.clone());
-            }
-        }
+        let acknowledged = delete_then_kill(&client, server, &key, doomed, kill_after_ms, |id| {
+            format!("/v2/conversations/{id}?hard=true")
+        })
+        .await;
         verify_after_kill(&dir, &["purge-pending"]).await.assert_code(0);
 
         let restarted = Proc::start(&dir, &[]);
@@ -483,23 +500,10 @@ async fn a_kill_at_any_moment_of_persona_deletes_leaves_each_whole_or_gone() {
         db.close().await;
         let (doomed, bystanders) = ids.split_at(16);
 
-        let deletes: Vec<_> = doomed
-            .iter()
-            .map(|id| {
-                let req = client
-                    .delete(format!("{}/v2/personas/{id}", server.base))
-                    .header("x-api-key", &key);
-                tokio::spawn(async move { req.send().await.map(|r| r.status()).ok() })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
-        server.kill();
-        let mut acknowledged = Vec::new();
-        for (id, task) in doomed.iter().zip(deletes) {
-            if task.await.unwrap() == Some(StatusCode::NO_CONTENT) {
-                acknowledged.push(id.clone());
-            }
-        }
+        let acknowledged = delete_then_kill(&client, server, &key, doomed, kill_after_ms, |id| {
+            format!("/v2/personas/{id}")
+        })
+        .await;
         // A purge the kill cut short is work in progress, not a finding.
         verify_after_kill(&dir, &[]).await.assert_code(0);
 

@@ -193,7 +193,25 @@ pub async fn releasing_all_leases_makes_every_claimed_job_and_delivery_claimable
         .await
         .expect("claim");
     assert_eq!((jobs.len(), deliveries.len()), (2, 1));
-    assert_eq!(store.release_all_leases().await.expect("release"), 3);
+    // A document being fetched holds a lease too.
+    let mut doc = super::resource::resource("acme", parley_domain::ResourceKind::Document, "d0000001", T0);
+    doc.work_at = Some(at(1));
+    store.create_resource(&doc).await.expect("create resource");
+    let fetching = store
+        .claim_resource_work(at(400), at(1000), 10)
+        .await
+        .expect("claim");
+    assert_eq!(fetching.len(), 1);
+    assert_eq!(store.release_all_leases().await.expect("release"), 4);
+    let again = store
+        .claim_resource_work(at(401), at(1000), 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        again.iter().map(|r| r.attempts).collect::<Vec<_>>(),
+        [2],
+        "claimable at once"
+    );
     let leases: Vec<_> = jobs_of(&*store, &c.id)
         .await
         .into_iter()
@@ -208,7 +226,7 @@ pub async fn releasing_all_leases_makes_every_claimed_job_and_delivery_claimable
         .expect("claim");
     let attempts: Vec<_> = jobs.iter().map(|j| j.attempts).collect();
     assert_eq!((attempts, deliveries[0].attempts), (vec![2, 2], 2));
-    assert_eq!(store.release_all_leases().await.expect("release"), 3);
+    assert_eq!(store.release_all_leases().await.expect("release"), 4);
     assert_eq!(store.release_all_leases().await.expect("release again"), 0);
     finish(t, &usual_jobs(&c.id)).await;
 }
