@@ -77,6 +77,8 @@ pub struct Inner {
     pub wake_jobs: Notify,
     /// Wakes the webhook runner when a delivery may be due now.
     pub wake_deliveries: Notify,
+    /// Serialises this process's read-modify-writes of one resource (see `resources::update`).
+    pub resource_locks: crate::resources::Stripes,
 }
 
 impl AppState {
@@ -89,6 +91,7 @@ impl AppState {
             disk,
             wake_jobs: Notify::new(),
             wake_deliveries: Notify::new(),
+            resource_locks: crate::resources::Stripes::default(),
         }))
     }
 }

@@ -1110,3 +1110,30 @@ async fn the_quickstarts_stock_demo_persona_needs_no_option() {
         (StatusCode::OK, &json!("system"))
     );
 }
+
+/// Concurrent patches of one persona all land, none lost and none refused: the process's writes
+/// of one resource queue rather than race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_one_persona_all_land() {
+    let app = TestApp::spawn().await;
+    let mut body = persona_body("flood");
+    body["memories"] = json!([]);
+    let id = create_persona(&app, &body).await;
+    let path = format!("/v2/personas/{id}");
+    let patches = (0..40).map(|i| {
+        let ops = json!([{ "op": "add", "path": "/memories/-", "value": format!("m{i}") }]);
+        send(app.req(Method::PATCH, &path).json(&ops))
+    });
+    for (status, answer) in futures::future::join_all(patches).await {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (_, got) = app.call(Method::GET, &path).await;
+    let mut kept: Vec<String> = serde_json::from_value(got["memories"].clone()).unwrap();
+    kept.sort();
+    let mut sent: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    sent.sort();
+    assert_eq!(kept, sent);
+    let db = app.db().await;
+    assert_eq!(version(&db, &id).await, 41, "one write per patch");
+    db.close().await;
+}
